@@ -1,0 +1,72 @@
+"""Command line: ``python -m support {run,regenerate,badges} ...`` (see ``--help``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import runner
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m support",
+        description="Run the Generative Objectives notebooks and collect their results.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser(
+        "run",
+        help="execute notebooks with papermill and print one table of their recorded metrics",
+        description="Execute notebooks (all, in order, by default) with papermill from their "
+        "own folder; print one table of every recorded metric. A parameter given with -p goes "
+        "to every notebook that declares it.",
+    )
+    run.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
+                     help="path, name (00_start_here) or number (00); default: all")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                     metavar=("NAME", "VALUE"), help="a parameter, value parsed as YAML")
+    run.add_argument("--out", default="runs",
+                     help="folder for executed notebooks and results (default: runs)")
+    run.add_argument("--no-progress", action="store_true", help="hide papermill's progress bar")
+
+    regen = commands.add_parser(
+        "regenerate",
+        help="re-execute the committed notebooks in place at their defaults and normalise them",
+    )
+    regen.add_argument("notebooks", nargs="*", metavar="NOTEBOOK")
+    regen.add_argument("--no-progress", action="store_true")
+
+    commands.add_parser(
+        "badges", help="write each notebook's Colab badge and setup cell from pyproject.toml"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            given = {name: runner.parse_value(value) for name, value in args.parameter}
+            outcomes = runner.run(args.notebooks, given, out=args.out,
+                                  progress=not args.no_progress)
+            print()
+            print(runner.results_table(outcomes))
+            if not all(o.ok for o in outcomes):
+                print(file=sys.stderr)
+                print(runner.failure_report(outcomes), file=sys.stderr)
+                return 1
+            print(f"\nExecuted notebooks and results are in {args.out}/")
+        elif args.command == "regenerate":
+            runner.regenerate(args.notebooks, progress=not args.no_progress)
+        elif args.command == "badges":
+            changed = runner.write_badges()
+            print(f"badges and setup cells up to date ({len(changed)} file(s) changed)")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

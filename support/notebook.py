@@ -1,0 +1,448 @@
+"""The notebook runtime: parameter schemas and validation, seeds, the results recorder, Colab.
+
+Every notebook follows the same skeleton::
+
+    # parameters cell (tagged "parameters"; papermill injects overrides after it)
+    dataset: str = "digits"  # data set: digits, mnist or fashion_mnist
+    ...
+    # next cell: one call that validates, seeds and returns the run
+    run = notebook.start("00_start_here", globals())
+    ...
+    run.record(test_mse=0.012)  # writes <results_dir>/00_start_here.json and shows a table
+
+The schemas live here, not in the notebooks, so that ``python -m support run`` can check a
+parameter before it starts a kernel, and a test can check that each notebook's parameters cell
+declares exactly its schema with the same defaults.
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import random
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# --------------------------------------------------------------------------- schemas
+
+
+@dataclass(frozen=True)
+class Param:
+    """One notebook parameter: its type, default, what it does, and what values are allowed.
+
+    ``type`` is ``int``, ``float``, ``str``, ``bool`` or ``list`` (a list of ints, each checked
+    against ``low``/``high``). Bounds are inclusive. ``kind="dir"`` marks a folder path: it
+    must be non-empty and must not name an existing file.
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    kind: str | None = None
+
+    def allowed(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        noun = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+                list: "a list of integers"}[self.type]
+        if self.kind == "dir":
+            return "a non-empty folder path that is not an existing file"
+        if self.low is not None and self.high is not None:
+            return f"{noun} from {self.low} to {self.high}"
+        if self.low is not None:
+            return f"{noun} >= {self.low}"
+        if self.high is not None:
+            return f"{noun} <= {self.high}"
+        return noun
+
+    def check(self, value: Any) -> Any:
+        """Return ``value`` (ints widened to float for float parameters) or raise a
+        ``ValueError`` naming the parameter, the value and what is allowed."""
+
+        def fail(why=""):
+            raise ValueError(
+                f"parameter {self.name}={value!r} is not allowed{why}: "
+                f"{self.name} must be {self.allowed()} ({self.help})."
+            )
+
+        is_int = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+        if self.type is bool:
+            if not isinstance(value, (bool, np.bool_)):
+                fail()
+            value = bool(value)
+        elif self.type is int:
+            if not is_int:
+                fail()
+            value = int(value)
+        elif self.type is float:
+            if not (is_int or isinstance(value, (float, np.floating))):
+                fail()
+            value = float(value)
+            if not math.isfinite(value):
+                fail(" (not finite)")
+        elif self.type is str:
+            if not isinstance(value, str):
+                fail()
+        elif self.type is list:
+            if not isinstance(value, (list, tuple)) or not value:
+                fail()
+            for item in value:
+                ok = isinstance(item, (int, np.integer)) and not isinstance(item, bool)
+                if not ok or not self._in_range(item):
+                    fail(f" (element {item!r})")
+            return [int(v) for v in value]
+        if self.choices is not None and value not in self.choices:
+            fail()
+        if self.type in (int, float) and not self._in_range(value):
+            fail()
+        if self.kind == "dir":
+            if not value.strip():
+                fail(" (empty)")
+            if Path(value).expanduser().is_file():
+                fail(" (it is a file)")
+        return value
+
+    def _in_range(self, value) -> bool:
+        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+
+
+DATASET = Param(
+    "dataset", str, "digits", "the data set", choices=("digits", "mnist", "fashion_mnist")
+)
+SEED = Param("seed", int, 0, "seed of Python, NumPy and TensorFlow", low=0, high=2**31 - 1)
+RESULTS_DIR = Param(
+    "results_dir", str, "results", "folder where record() writes the metrics", kind="dir"
+)
+
+SCHEMAS: dict[str, tuple[Param, ...]] = {
+    "00_start_here": (
+        DATASET,
+        Param("samples", int, 32, "images shown in the grid", low=1, high=200),
+        Param("mixture_samples", int, 2500, "points drawn from each 2-D mixture",
+              low=10, high=100_000),
+        SEED,
+        RESULTS_DIR,
+    ),
+}
+
+
+def schema(notebook: str) -> tuple[Param, ...]:
+    """The declared parameters of a notebook (name without ``.ipynb``)."""
+    try:
+        return SCHEMAS[notebook]
+    except KeyError:
+        raise ValueError(
+            f"notebook {notebook!r} has no parameter schema; known: {', '.join(SCHEMAS)}"
+        ) from None
+
+
+def validate(notebook: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Check every declared parameter of ``notebook`` in ``values`` and reject unknown names.
+
+    Returns the checked values. Raises ``ValueError`` for the first bad one.
+    """
+    params = schema(notebook)
+    names = {p.name for p in params}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(
+            f"unknown parameter {unknown[0]!r} for {notebook}; its parameters are "
+            f"{', '.join(sorted(names))}."
+        )
+    checked = {}
+    for param in params:
+        if param.name in values:
+            checked[param.name] = param.check(values[param.name])
+        else:
+            checked[param.name] = param.default
+    return checked
+
+
+def describe(notebook: str, values: Mapping[str, Any] | None = None):
+    """Show a notebook's parameters: name, type, default, current value, allowed values, help."""
+    values = values or {}
+    rows = [
+        (p.name, p.type.__name__, p.default, values.get(p.name, p.default), p.allowed(), p.help)
+        for p in schema(notebook)
+    ]
+    show_table(rows, header=("parameter", "type", "default", "value", "allowed", "what it does"))
+
+
+def _injected_names(namespace: Mapping[str, Any]) -> set[str]:
+    """Names assigned by papermill's injected-parameters cell, read from IPython's input
+    history (``In``), where papermill's cell starts with the line ``# Parameters``."""
+    history = namespace.get("In")
+    if not isinstance(history, list):
+        return set()
+    names = set()
+    for source in history:
+        if isinstance(source, str) and source.lstrip().startswith("# Parameters"):
+            try:
+                tree = ast.parse(source)
+            except SyntaxError:
+                continue
+            for node in tree.body:
+                if isinstance(node, ast.Assign):
+                    names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    return names
+
+
+# --------------------------------------------------------------------------- seeds
+
+
+def set_seed(seed: int, deterministic: bool = False) -> None:
+    """Seed Python's ``random``, NumPy and TensorFlow (through Keras).
+
+    ``deterministic=True`` also turns on TensorFlow's op determinism, which identical reruns
+    on CPU need (some kernels otherwise reduce in a thread-dependent order). It cannot be
+    turned off again in the same process.
+    """
+    import keras
+    import tensorflow as tf
+
+    random.seed(seed)
+    np.random.seed(seed)
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Run:
+    """A notebook's validated parameters and its results recorder."""
+
+    notebook: str
+    params: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name):
+        params = self.__dict__.get("params", {})
+        if name in params:
+            return params[name]
+        raise AttributeError(name)
+
+    @property
+    def results_path(self) -> Path:
+        return Path(self.params["results_dir"]).expanduser() / f"{self.notebook}.json"
+
+    def record(self, show: bool = True, **metrics: Any) -> None:
+        """Add metrics to this run and write them, with the parameters, to
+        ``<results_dir>/<notebook>.json`` (atomically: a reader never sees half a file).
+
+        Values must be numbers, strings, or lists/dicts of them.
+        """
+        for name, value in metrics.items():
+            self.metrics[name] = _plain(value, name)
+        document = {
+            "notebook": self.notebook,
+            "parameters": self.params,
+            "metrics": self.metrics,
+            "recorded_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "versions": _versions(),
+        }
+        write_json_atomic(self.results_path, document)
+        if show:
+            show_table(flatten(self.metrics), header=("metric", "value"))
+
+
+def start(notebook: str, namespace: Mapping[str, Any], deterministic: bool = False) -> Run:
+    """Validate the parameters of ``notebook`` found in ``namespace`` (the notebook's
+    ``globals()``), seed everything with ``seed``, set the figure defaults, return the run.
+
+    Raises ``ValueError`` naming the parameter for a bad value, and for a name that papermill
+    injected but the notebook does not declare.
+    """
+    params = schema(notebook)
+    names = {p.name for p in params}
+    unknown = sorted(_injected_names(namespace) - names)
+    if unknown:
+        raise ValueError(
+            f"unknown parameter {unknown[0]!r} for {notebook}; its parameters are "
+            f"{', '.join(sorted(names))}."
+        )
+    missing = [p.name for p in params if p.name not in namespace]
+    if missing:
+        raise ValueError(f"the parameters cell of {notebook} does not define {missing[0]!r}.")
+    values = validate(notebook, {p.name: namespace[p.name] for p in params})
+    if "seed" in values:
+        set_seed(values["seed"], deterministic=deterministic)
+    _figure_defaults()
+    return Run(notebook, values)
+
+
+def _figure_defaults():
+    import matplotlib.pyplot as plt
+
+    # Moderate resolution keeps committed notebooks small (each must stay under 2 MB).
+    plt.rcParams.update({"figure.dpi": 80, "savefig.dpi": 80, "axes.grid": False})
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _plain(value: Any, name: str = "value") -> Any:
+    """Convert NumPy scalars/arrays and tuples to JSON types; reject what JSON cannot hold."""
+    if isinstance(value, (np.generic,)):
+        value = value.item()
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, name) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, f"{name}.{k}") for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"metric {name} is {value}: a result must be a finite number.")
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise ValueError(f"metric {name} has type {type(value).__name__}; record numbers or text.")
+
+
+def flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; lists stay as values."""
+    flat = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    return str(value)
+
+
+def text_table(rows, header) -> str:
+    """A plain-text table with aligned columns."""
+    cells = [list(map(str, header))] + [[format_value(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def show_table(rows, header=("name", "value")):
+    """Show a table: rendered Markdown in a notebook, plain text elsewhere.
+
+    ``rows`` is a mapping (one row per item) or a sequence of row tuples."""
+    if isinstance(rows, Mapping):
+        rows = list(rows.items())
+    rows = [tuple(r) for r in rows]
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+    except ImportError:  # pragma: no cover - IPython comes with ipykernel
+        print(text_table(rows, header))
+        return
+    if get_ipython() is None:
+        print(text_table(rows, header))
+        return
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(format_value(v) for v in row) + " |" for row in rows]
+    display(Markdown("\n".join(lines)))
+
+
+def show_markdown(text: str):
+    """Show Markdown computed by a cell (how numbers reach the prose)."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(text))
+
+
+def write_json_atomic(path: Path, document: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(document, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for module in ("tensorflow", "keras", "numpy"):
+        if module in sys.modules:
+            versions[module] = getattr(sys.modules[module], "__version__", "?")
+    return versions
+
+
+# --------------------------------------------------------------------------- Colab
+
+COLAB_BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
+SETUP_MARKER = "# Setup: on Colab only"
+
+
+def repository_url(pyproject: str | os.PathLike | None = None) -> str:
+    """The repository URL from ``pyproject.toml`` (``[project.urls] Repository``)."""
+    import tomllib
+
+    path = Path(pyproject) if pyproject else project_root() / "pyproject.toml"
+    with open(path, "rb") as f:
+        return tomllib.load(f)["project"]["urls"]["Repository"].rstrip("/")
+
+
+def project_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+def colab_url(repository: str, notebook_path: str, branch: str = "main") -> str:
+    """``https://github.com/OWNER/REPO`` + ``notebooks/x.ipynb`` → the Colab address."""
+    prefix = "https://github.com/"
+    if not repository.startswith(prefix):
+        raise ValueError(f"repository URL {repository!r} is not a github.com URL")
+    slug = repository[len(prefix):]
+    return f"https://colab.research.google.com/github/{slug}/blob/{branch}/{notebook_path}"
+
+
+def badge_markdown(repository: str, notebook_path: str) -> str:
+    return f"[![Open In Colab]({COLAB_BADGE_IMAGE})]({colab_url(repository, notebook_path)})"
+
+
+def colab_setup_source(repository: str) -> str:
+    """The first code cell of every notebook: installs this package on Colab, nothing elsewhere.
+
+    It cannot import ``support`` (not installed yet on Colab), so the URL is written into the
+    cell by ``python -m support badges``. The package asks only for TensorFlow >= 2.16, which
+    Colab already has, so pip keeps Colab's own build.
+    """
+    return (
+        f"{SETUP_MARKER}, install the series' package (elsewhere this cell does nothing).\n"
+        "import importlib.util\n"
+        "import subprocess\n"
+        "import sys\n"
+        "\n"
+        f'REPOSITORY = "{repository}"  # written by `python -m support badges` from pyproject.toml\n'
+        'if "google.colab" in sys.modules and importlib.util.find_spec("support") is None:\n'
+        "    subprocess.run(\n"
+        '        [sys.executable, "-m", "pip", "install", "--quiet", f"git+{REPOSITORY}"],\n'
+        "        check=True,\n"
+        "    )"
+    )

@@ -1,0 +1,180 @@
+"""Figures shared by the notebooks: image grids, learning curves, 2-D scatter by label.
+
+Every function draws on a Matplotlib ``Axes`` (created when not given) and returns the
+``Figure``, so a notebook cell ends with the call and shows the figure once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def _figure(ax, figsize):
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize)
+        return fig, ax
+    return ax.figure, ax
+
+
+def image_grid(
+    images: np.ndarray,
+    labels: Sequence | None = None,
+    *,
+    columns: int = 8,
+    title: str | None = None,
+    label_names: Sequence[str] | None = None,
+    cmap: str = "gray_r",
+):
+    """A grid of images ``[n, height, width, 1]`` (or ``[n, height, width]``) in [0, 1],
+    each captioned with its label when ``labels`` is given."""
+    images = np.asarray(images)
+    if images.ndim == 4:
+        images = images[..., 0]
+    n = len(images)
+    rows = int(np.ceil(n / columns))
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(1.1 * columns, 1.1 * rows + (0.4 if title else 0)), squeeze=False
+    )
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i >= n:
+            continue
+        ax.imshow(images[i], cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+        if labels is not None:
+            label = labels[i]
+            text = label_names[int(label)] if label_names is not None else str(label)
+            ax.set_title(text, fontsize=8, pad=2)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def image_rows(rows: Mapping[str, np.ndarray], *, title: str | None = None, cmap: str = "gray_r"):
+    """Several rows of images side by side, one row per entry (e.g. original / reconstruction),
+    the row names written on the left."""
+    names = list(rows)
+    columns = max(len(v) for v in rows.values())
+    fig, axes = plt.subplots(
+        len(names), columns, figsize=(1.0 * columns + 1.2, 1.05 * len(names)), squeeze=False
+    )
+    for r, name in enumerate(names):
+        images = np.asarray(rows[name])
+        if images.ndim == 4:
+            images = images[..., 0]
+        for c in range(columns):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if c < len(images):
+                ax.imshow(images[c], cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+            if c == 0:
+                ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def curves(
+    series: Mapping[str, Sequence[float]],
+    *,
+    xlabel: str = "epoch",
+    ylabel: str = "loss",
+    title: str | None = None,
+    logy: bool = False,
+    hlines: Mapping[str, float] | None = None,
+    ax=None,
+):
+    """Learning curves: one line per named series, optional labelled horizontal references."""
+    fig, ax = _figure(ax, (6, 3.5))
+    for name, values in series.items():
+        ax.plot(np.arange(1, len(values) + 1), values, label=name)
+    for name, value in (hlines or {}).items():
+        ax.axhline(value, linestyle="--", linewidth=1, color="gray")
+        ax.annotate(name, (1, value), textcoords="offset points", xytext=(2, 3), fontsize=8)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if len(series) > 1:
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def scatter_by_label(
+    points: np.ndarray,
+    labels: np.ndarray | None = None,
+    *,
+    title: str | None = None,
+    xlabel: str = "$z_1$",
+    ylabel: str = "$z_2$",
+    label_names: Sequence[str] | None = None,
+    centers: np.ndarray | None = None,
+    ax=None,
+    size: float = 3.0,
+):
+    """2-D points coloured by integer label (codes, or samples of a mixture), with an optional
+    set of centres marked as crosses."""
+    fig, ax = _figure(ax, (5, 5))
+    points = np.asarray(points)
+    if labels is None:
+        ax.scatter(points[:, 0], points[:, 1], s=size, alpha=0.5)
+    else:
+        labels = np.asarray(labels)
+        classes = np.unique(labels)
+        cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+        for i, label in enumerate(classes):
+            chosen = labels == label
+            name = label_names[int(label)] if label_names is not None else str(label)
+            ax.scatter(
+                points[chosen, 0], points[chosen, 1], s=size, alpha=0.6,
+                color=cmap(i % cmap.N), label=name,
+            )
+        if len(classes) <= 10:
+            ax.legend(markerscale=4, fontsize=7, loc="best", frameon=True)
+    if centers is not None:
+        ax.scatter(centers[:, 0], centers[:, 1], marker="x", color="black", s=30, label="modes")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_aspect("equal", adjustable="datalim")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def class_counts(
+    labels: Mapping[str, np.ndarray],
+    *,
+    label_names: Sequence[str] | None = None,
+    title: str | None = None,
+    ax=None,
+):
+    """Fraction of examples per class, one group of bars per named label array."""
+    fig, ax = _figure(ax, (7, 3))
+    classes = np.unique(np.concatenate([np.asarray(v) for v in labels.values()]))
+    width = 0.8 / len(labels)
+    for i, (name, values) in enumerate(labels.items()):
+        values = np.asarray(values)
+        fractions = [(values == c).mean() for c in classes]
+        ax.bar(np.arange(len(classes)) + i * width, fractions, width=width, label=name)
+    ax.set_xticks(np.arange(len(classes)) + 0.4 - width / 2)
+    names = [label_names[int(c)] if label_names is not None else str(c) for c in classes]
+    ax.set_xticklabels(names, rotation=30 if label_names is not None else 0, fontsize=8)
+    ax.set_xlabel("class")
+    ax.set_ylabel("fraction of examples")
+    if title:
+        ax.set_title(title)
+    if len(labels) > 1:
+        ax.legend()
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,196 @@
+import json
+import subprocess
+import sys
+import types
+
+import nbformat
+import numpy as np
+import pytest
+
+from support import notebook
+from support.notebook import Param
+
+from .conftest import NOTEBOOKS, ROOT
+
+# --------------------------------------------------------------------------- parameters
+
+EPOCHS = Param("epochs", int, 5, "passes over the training set", low=1, high=1000)
+RATE = Param("learning_rate", float, 1e-3, "step size", low=1e-6, high=1.0)
+NAME = Param("dataset", str, "digits", "the data set", choices=("digits", "mnist"))
+DIRECTORY = Param("results_dir", str, "results", "output folder", kind="dir")
+SIZES = Param("latent_dims", list, [2, 8], "code sizes", low=1, high=64)
+
+
+@pytest.mark.parametrize(
+    "param,value,expected",
+    [
+        (EPOCHS, 3, 3),
+        (EPOCHS, np.int64(7), 7),
+        (RATE, 1, 1.0),
+        (RATE, 0.5, 0.5),
+        (NAME, "mnist", "mnist"),
+        (SIZES, (2, 16), [2, 16]),
+        (DIRECTORY, "out/here", "out/here"),
+    ],
+)
+def test_good_values_pass(param, value, expected):
+    checked = param.check(value)
+    assert checked == expected and type(checked) is type(expected)
+
+
+@pytest.mark.parametrize(
+    "param,value,allowed",
+    [
+        (EPOCHS, 2.5, "an integer from 1 to 1000"),
+        (EPOCHS, "eight", "an integer from 1 to 1000"),
+        (EPOCHS, True, "an integer from 1 to 1000"),
+        (EPOCHS, 0, "an integer from 1 to 1000"),
+        (RATE, float("nan"), "a number from 1e-06 to 1.0"),
+        (RATE, 2.0, "a number from 1e-06 to 1.0"),
+        (NAME, "cifar", "one of 'digits', 'mnist'"),
+        (SIZES, [2, 0], "a list of integers from 1 to 64"),
+        (SIZES, [], "a list of integers from 1 to 64"),
+        (DIRECTORY, "", "a non-empty folder path"),
+    ],
+)
+def test_bad_values_name_the_parameter_and_what_is_allowed(param, value, allowed):
+    with pytest.raises(ValueError) as info:
+        param.check(value)
+    message = str(info.value)
+    assert message.startswith(f"parameter {param.name}={value!r}")
+    assert allowed in message
+
+
+def test_results_dir_that_is_a_file(tmp_path):
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    with pytest.raises(ValueError, match="it is a file"):
+        DIRECTORY.check(str(target))
+
+
+def test_validate_fills_defaults_and_rejects_unknown_names():
+    values = notebook.validate("00_start_here", {"dataset": "mnist"})
+    assert values == {"dataset": "mnist", "samples": 32, "mixture_samples": 2500, "seed": 0,
+                      "results_dir": "results"}
+    with pytest.raises(ValueError, match="unknown parameter 'epochs' for 00_start_here"):
+        notebook.validate("00_start_here", {"epochs": 3})
+
+
+def test_start_validates_seeds_and_detects_injected_unknown_names(tmp_path):
+    namespace = {p.name: p.default for p in notebook.schema("00_start_here")}
+    run = notebook.start("00_start_here", namespace)
+    assert run.dataset == "digits" and run.params["samples"] == 32
+    first = np.random.rand()
+    notebook.start("00_start_here", namespace)
+    assert np.random.rand() == first  # seeded again from `seed`
+    namespace["In"] = ["", "# Parameters\ndataset = \"mnist\"\nlatent_dim = 4\n"]
+    with pytest.raises(ValueError, match="unknown parameter 'latent_dim'"):
+        notebook.start("00_start_here", namespace)
+    namespace["In"] = []
+    namespace["samples"] = 0
+    with pytest.raises(ValueError, match="parameter samples=0"):
+        notebook.start("00_start_here", namespace)
+
+
+def test_each_notebook_declares_its_schema_with_comments():
+    import papermill
+
+    for path in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
+        found = papermill.inspect_notebook(str(path))
+        declared = {p.name: p for p in notebook.schema(path.stem)}
+        assert list(found) == list(declared), path.name
+        for name, info in found.items():
+            param = declared[name]
+            assert info["inferred_type_name"] == param.type.__name__, name
+            assert eval(info["default"]) == param.default, name  # literal defaults only
+            assert info["help"], f"{path.name}: parameter {name} has no comment"
+
+
+# --------------------------------------------------------------------------- seeds, record
+
+
+def test_set_seed_repeats_numpy_and_tensorflow():
+    import tensorflow as tf
+
+    notebook.set_seed(7)
+    a = (np.random.rand(3), tf.random.uniform([3]).numpy())
+    notebook.set_seed(7)
+    b = (np.random.rand(3), tf.random.uniform([3]).numpy())
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_record_writes_json_with_parameters_and_accumulates(tmp_path):
+    run = notebook.Run("00_start_here", {"seed": 1, "results_dir": str(tmp_path / "r")})
+    run.record(show=False, test_mse=np.float32(0.25), sizes=np.array([2, 8]))
+    run.record(show=False, nested={"k2": 1.5})
+    document = json.loads((tmp_path / "r" / "00_start_here.json").read_text())
+    assert document["parameters"] == {"seed": 1, "results_dir": str(tmp_path / "r")}
+    assert document["metrics"] == {"test_mse": 0.25, "sizes": [2, 8], "nested": {"k2": 1.5}}
+    assert "python" in document["versions"]
+    assert [p.name for p in (tmp_path / "r").iterdir()] == ["00_start_here.json"]
+    with pytest.raises(ValueError, match="metric loss is nan"):
+        run.record(show=False, loss=float("nan"))
+    with pytest.raises(ValueError, match="metric model has type object"):
+        run.record(show=False, model=object())
+
+
+def test_text_table_and_flatten():
+    assert notebook.flatten({"a": {"b": 1, "c": {"d": 2}}, "e": [1]}) == {
+        "a.b": 1, "a.c.d": 2, "e": [1]}
+    table = notebook.text_table([("x", 0.123456), ("longer", 3)], ("name", "value"))
+    assert table.splitlines() == ["name    value", "------  ------", "x       0.1235",
+                                  "longer  3"]
+
+
+# --------------------------------------------------------------------------- Colab
+
+
+def _setup_cell(path):
+    nb = nbformat.read(path, as_version=4)
+    return next(c for c in nb.cells if c.cell_type == "code").source
+
+
+@pytest.mark.parametrize("on_colab", [True, False])
+def test_setup_cell_installs_only_on_colab(monkeypatch, on_colab):
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, check: calls.append(cmd))
+    if on_colab:
+        monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)  # `support` not installed
+    repository = notebook.repository_url()
+    for path in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
+        exec(_setup_cell(path), {})
+    if on_colab:
+        assert calls, "nothing installed on Colab"
+        for cmd in calls:
+            assert cmd[1:4] == ["-m", "pip", "install"] and cmd[-1] == f"git+{repository}"
+            assert not any("tensorflow" in part for part in cmd)  # Colab keeps its own TF
+    else:
+        assert calls == []
+
+
+def test_setup_cell_skips_when_already_installed(monkeypatch):
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, check: calls.append(cmd))
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    exec(_setup_cell(NOTEBOOKS / "00_start_here.ipynb"), {})  # `support` is importable here
+    assert calls == []
+
+
+def test_every_badge_points_at_its_own_notebook():
+    repository = notebook.repository_url()
+    assert repository.startswith("https://github.com/")
+    slug = repository.removeprefix("https://github.com/")
+    paths = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    assert paths
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        first = next(c for c in nb.cells if c.cell_type == "markdown").source
+        expected = (f"https://colab.research.google.com/github/{slug}/blob/main/"
+                    f"notebooks/{path.name}")
+        assert f"]({expected})" in first, path.name
+        assert _setup_cell(path) == notebook.colab_setup_source(repository)
+    readme = (ROOT / "README.md").read_text()
+    for path in paths:
+        assert f"/blob/main/notebooks/{path.name})" in readme, f"README lacks {path.name}'s badge"
