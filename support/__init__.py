@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 
 def _import_tensorflow_quietly():
-    """Import TensorFlow with its C++ start-up lines (oneDNN, CUDA stubs, CPU features) dropped.
+    """Import TensorFlow with its C++ start-up lines (oneDNN, CUDA, CPU features) dropped.
 
     TensorFlow writes them to file descriptor 2 before its logging is configured, so no
     environment variable silences them, and in a notebook they would fill the first output.
@@ -29,7 +29,11 @@ def _import_tensorflow_quietly():
     devnull = _os.open(_os.devnull, _os.O_WRONLY)
     try:
         _os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
+        import tensorflow
+
+        # Looking for GPUs initialises the device platforms now, inside the redirect: on a
+        # machine without CUDA that is where TensorFlow logs "failed call to cuInit".
+        tensorflow.config.list_physical_devices()
     finally:
         _os.dup2(saved, 2)
         _os.close(saved)

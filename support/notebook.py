@@ -41,7 +41,8 @@ class Param:
     """One notebook parameter: its type, default, what it does, and what values are allowed.
 
     ``type`` is ``int``, ``float``, ``str``, ``bool`` or ``list`` (a list of ints, each checked
-    against ``low``/``high``). Bounds are inclusive. ``kind="dir"`` marks a folder path: it
+    against ``low``/``high``; the text ``"[2, 8]"``, as papermill's ``-p`` passes it, is read
+    as YAML). Bounds are inclusive. ``kind="dir"`` marks a folder path: it
     must be non-empty and must not name an existing file.
     """
 
@@ -73,9 +74,11 @@ class Param:
         """Return ``value`` (ints widened to float for float parameters) or raise a
         ``ValueError`` naming the parameter, the value and what is allowed."""
 
+        given = value
+
         def fail(why=""):
             raise ValueError(
-                f"parameter {self.name}={value!r} is not allowed{why}: "
+                f"parameter {self.name}={given!r} is not allowed{why}: "
                 f"{self.name} must be {self.allowed()} ({self.help})."
             )
 
@@ -98,6 +101,8 @@ class Param:
             if not isinstance(value, str):
                 fail()
         elif self.type is list:
+            if isinstance(value, str):  # papermill's -p passes "[2, 8]" as text
+                value = _parse_list(value)
             if not isinstance(value, (list, tuple)) or not value:
                 fail()
             for item in value:
@@ -120,6 +125,15 @@ class Param:
         return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
 
 
+def _parse_list(text: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
 DATASET = Param(
     "dataset", str, "digits", "the data set", choices=("digits", "mnist", "fashion_mnist")
 )
@@ -134,6 +148,21 @@ SCHEMAS: dict[str, tuple[Param, ...]] = {
         Param("samples", int, 32, "images shown in the grid", low=1, high=200),
         Param("mixture_samples", int, 2500, "points drawn from each 2-D mixture",
               low=10, high=100_000),
+        SEED,
+        RESULTS_DIR,
+    ),
+    "01_autoencoders": (
+        DATASET,
+        Param("latent_dims", list, [2, 8, 16], "code sizes k compared with PCA", low=1, high=256),
+        Param("train_size", int, 0, "first N training images (0: all)", low=0, high=60_000),
+        Param("linear_epochs", int, 200, "passes over the data for the linear autoencoder",
+              low=1, high=5000),
+        Param("linear_learning_rate", float, 0.01, "peak Adam rate of the linear autoencoder",
+              low=1e-6, high=1.0),
+        Param("epochs", int, 100, "passes for the dense and convolutional autoencoders",
+              low=1, high=5000),
+        Param("learning_rate", float, 0.003, "their peak Adam rate", low=1e-6, high=1.0),
+        Param("batch_size", int, 64, "examples per gradient step", low=1, high=60_000),
         SEED,
         RESULTS_DIR,
     ),

@@ -53,9 +53,16 @@ def image_grid(
     return fig
 
 
-def image_rows(rows: Mapping[str, np.ndarray], *, title: str | None = None, cmap: str = "gray_r"):
+def image_rows(
+    rows: Mapping[str, np.ndarray],
+    *,
+    title: str | None = None,
+    cmap: str = "gray_r",
+    signed: bool = False,
+):
     """Several rows of images side by side, one row per entry (e.g. original / reconstruction),
-    the row names written on the left."""
+    the row names written on the left. ``signed=True`` shows signed images (such as principal
+    directions) on a diverging colour map, each scaled to its own largest absolute value."""
     names = list(rows)
     columns = max(len(v) for v in rows.values())
     fig, axes = plt.subplots(
@@ -72,7 +79,9 @@ def image_rows(rows: Mapping[str, np.ndarray], *, title: str | None = None, cmap
             for spine in ax.spines.values():
                 spine.set_visible(False)
             if c < len(images):
-                ax.imshow(images[c], cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+                top = (float(np.abs(images[c]).max()) or 1.0) if signed else 1.0
+                ax.imshow(images[c], cmap="RdBu_r" if signed else cmap,
+                          vmin=-top if signed else 0.0, vmax=top, interpolation="nearest")
             if c == 0:
                 ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
     if title:
@@ -89,23 +98,32 @@ def curves(
     title: str | None = None,
     logy: bool = False,
     hlines: Mapping[str, float] | None = None,
+    x: Sequence[float] | None = None,
+    marker: str | None = None,
+    dashed: Sequence[str] = (),
+    ylim: tuple[float, float] | None = None,
     ax=None,
 ):
-    """Learning curves: one line per named series, optional labelled horizontal references."""
+    """Curves: one line per named series against ``x`` (default 1, 2, ... as epochs); named
+    horizontal reference lines (grey, dotted, in the legend); ``dashed`` names series drawn
+    dashed (e.g. one that lies on top of another)."""
     fig, ax = _figure(ax, (6, 3.5))
     for name, values in series.items():
-        ax.plot(np.arange(1, len(values) + 1), values, label=name)
-    for name, value in (hlines or {}).items():
-        ax.axhline(value, linestyle="--", linewidth=1, color="gray")
-        ax.annotate(name, (1, value), textcoords="offset points", xytext=(2, 3), fontsize=8)
+        xs = np.arange(1, len(values) + 1) if x is None else np.asarray(x)
+        ax.plot(xs, values, label=name, marker=marker, linestyle="--" if name in dashed else "-")
+    greys = ("0.35", "0.6", "0.8")
+    for i, (name, value) in enumerate((hlines or {}).items()):
+        ax.axhline(value, linestyle=":", linewidth=1.5, color=greys[i % len(greys)], label=name)
     if logy:
         ax.set_yscale("log")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    if len(series) > 1:
-        ax.legend()
+    if len(series) + len(hlines or {}) > 1:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -176,5 +194,49 @@ def class_counts(
         ax.set_title(title)
     if len(labels) > 1:
         ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def architecture(
+    sizes: Sequence[int],
+    *,
+    code_index: int | None = None,
+    names: Sequence[str] | None = None,
+    title: str | None = None,
+    ax=None,
+):
+    """An autoencoder drawn as one bar per layer, its height proportional to the layer's width
+    (on a square-root scale so that a 784-unit input and a 2-unit code both stay visible), the
+    code layer highlighted, encoder and decoder labelled."""
+    fig, ax = _figure(ax, (8, 3.2))
+    sizes = list(sizes)
+    code_index = len(sizes) // 2 if code_index is None else code_index
+    heights = np.sqrt(np.asarray(sizes, dtype=float))
+    heights = heights / heights.max()
+    for i, (size, height) in enumerate(zip(sizes, heights)):
+        colour = "tab:orange" if i == code_index else ("tab:blue" if i < code_index else "tab:green")
+        ax.add_patch(plt.Rectangle((i - 0.15, -height / 2), 0.3, height, color=colour, alpha=0.8))
+        ax.text(i, -height / 2 - 0.07, str(size), ha="center", va="top", fontsize=9)
+        if names is not None:
+            ax.text(i, height / 2 + 0.05, names[i], ha="center", va="bottom", fontsize=8)
+        if i + 1 < len(sizes):
+            nxt = heights[i + 1]
+            ax.fill([i + 0.15, i + 0.85, i + 0.85, i + 0.15],
+                    [height / 2, nxt / 2, -nxt / 2, -height / 2], color="gray", alpha=0.15)
+    span = dict(arrowstyle="<->", color="gray")
+    ax.annotate("", (0, 0.68), (code_index, 0.68), arrowprops=span)
+    ax.text(code_index / 2, 0.72, "encoder f", ha="center", fontsize=10, color="tab:blue")
+    ax.annotate("", (code_index, 0.68), (len(sizes) - 1, 0.68), arrowprops=span)
+    ax.text((code_index + len(sizes) - 1) / 2, 0.72, "decoder g", ha="center", fontsize=10,
+            color="tab:green")
+    if names is None:
+        ax.text(code_index, heights[code_index] / 2 + 0.05, "code z", ha="center", fontsize=10,
+                color="tab:orange")
+    ax.set_xlim(-0.6, len(sizes) - 0.4)
+    ax.set_ylim(-0.8, 0.85)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
     fig.tight_layout()
     return fig

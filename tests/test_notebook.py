@@ -30,6 +30,7 @@ SIZES = Param("latent_dims", list, [2, 8], "code sizes", low=1, high=64)
         (RATE, 0.5, 0.5),
         (NAME, "mnist", "mnist"),
         (SIZES, (2, 16), [2, 16]),
+        (SIZES, "[2, 16]", [2, 16]),
         (DIRECTORY, "out/here", "out/here"),
     ],
 )
@@ -50,6 +51,8 @@ def test_good_values_pass(param, value, expected):
         (NAME, "cifar", "one of 'digits', 'mnist'"),
         (SIZES, [2, 0], "a list of integers from 1 to 64"),
         (SIZES, [], "a list of integers from 1 to 64"),
+        (SIZES, "[2, eight]", "a list of integers from 1 to 64"),
+        (SIZES, "2, 8", "a list of integers from 1 to 64"),
         (DIRECTORY, "", "a non-empty folder path"),
     ],
 )

@@ -1,0 +1,402 @@
+"""Metrics of the series, in NumPy: the PCA optimum, principal angles, reconstruction error,
+and how much a representation says about the labels (probes, kNN, mutual information).
+
+Everything here is a pure function of arrays (a model enters only as a callable), so the
+numbers a notebook reports can be checked against closed forms in the tests.
+
+Images ``[n, height, width, channels]`` are flattened to vectors ``[n, d]`` with
+``d = height * width * channels``; all computations run in float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+from scipy.special import digamma
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KDTree, KNeighborsClassifier, NearestNeighbors
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+
+class PCA(NamedTuple):
+    """The principal subspace of a training set.
+
+    Attributes:
+        mean: ``[d]`` training mean ``mu``.
+        components: ``[k, d]`` orthonormal rows ``v_1 .. v_k``, the eigenvectors of the training
+            covariance with the ``k`` largest eigenvalues, in decreasing order of eigenvalue.
+        eigenvalues: ``[d]`` all eigenvalues ``lambda_1 >= ... >= lambda_d >= 0`` of the
+            covariance, so that ``eigenvalues[k:]`` are the variances that the top-``k``
+            subspace discards.
+    """
+
+    mean: np.ndarray
+    components: np.ndarray
+    eigenvalues: np.ndarray
+
+
+def _flat(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim < 2:
+        raise ValueError(f"x has shape {x.shape}; expected [n, ...] with at least two axes.")
+    return x.reshape(len(x), -1)
+
+
+def pca(x_train, k: int) -> PCA:
+    """Principal component analysis of ``x_train`` by eigen-decomposition of its covariance.
+
+    With ``X`` the ``[n, d]`` training matrix and ``mu`` its mean, the covariance is
+    ``C = (X - mu)^T (X - mu) / n`` (the 1/n normalisation, so that the training MSE identity
+    below is exact) and ``C v_i = lambda_i v_i``. Each eigenvector's sign is fixed so that its
+    largest-magnitude entry is positive, which makes the result reproducible.
+
+    Args:
+        x_train: ``[n, ...]`` training data.
+        k: number of components kept, ``1 <= k <= d``.
+
+    Returns:
+        :class:`PCA` ``(mean [d], components [k, d], eigenvalues [d])``.
+    """
+    x = _flat(x_train)
+    d = x.shape[1]
+    if not isinstance(k, (int, np.integer)) or not 1 <= k <= d:
+        raise ValueError(f"k={k!r} must be an integer in [1, {d}] (d = pixels per example).")
+    mean = x.mean(axis=0)
+    centred = x - mean
+    covariance = centred.T @ centred / len(x)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)  # ascending
+    order = np.argsort(eigenvalues)[::-1]
+    # Round-off can make the null-space eigenvalues slightly negative; variances are >= 0.
+    eigenvalues = np.clip(eigenvalues[order], 0.0, None)
+    components = eigenvectors[:, order[:k]].T
+    signs = np.sign(components[np.arange(k), np.argmax(np.abs(components), axis=1)])
+    return PCA(mean, components * signs[:, None], eigenvalues)
+
+
+def pca_reconstruction_mse(x_train, x_test, k: int) -> float:
+    """Per-pixel MSE of reconstructing ``x_test`` from its projection on the top-``k``
+    principal subspace of ``x_train``.
+
+    ``x_hat = mu + V^T V (x - mu)`` with ``V = components [k, d]``, and the value is
+    ``mean over examples and pixels of (x - x_hat)^2``. This is the error of the best linear
+    autoencoder with code size ``k`` trained (to its optimum) on ``x_train``: the optimal linear
+    encoder/decoder pair spans the same subspace (Baldi and Hornik 1989). On the training set
+    itself it equals ``sum(eigenvalues[k:]) / d``.
+    """
+    fitted = pca(x_train, k)
+    x = _flat(x_test)
+    if x.shape[1] != fitted.mean.shape[0]:
+        raise ValueError(
+            f"x_test has {x.shape[1]} values per example but x_train has "
+            f"{fitted.mean.shape[0]}; they must match."
+        )
+    centred = x - fitted.mean
+    residual = centred - (centred @ fitted.components.T) @ fitted.components
+    return float(np.mean(residual**2))
+
+
+def principal_angles(a, b) -> np.ndarray:
+    """Principal angles, in degrees and ascending, between the column spaces of ``a`` and ``b``.
+
+    With ``Q_a [d, p]`` and ``Q_b [d, q]`` orthonormal bases (QR) of the column spaces, the
+    cosines of the ``min(p, q)`` angles are the singular values of ``Q_a^T Q_b`` and their
+    sines the singular values of ``Q_b - Q_a Q_a^T Q_b`` (the part of span ``b`` outside span
+    ``a``). Small angles are read from the sines and large ones from the cosines, because
+    ``arccos`` loses precision near 0 (Knyazev and Argentati 2002; the same as
+    ``scipy.linalg.subspace_angles``). 0 degrees: a shared direction; 90: orthogonal ones.
+
+    Subspaces stored as rows, such as a linear decoder's weight ``[k, d]`` or PCA components
+    ``[k, d]``, are compared as ``principal_angles(weight.T, components.T)``.
+
+    Args:
+        a: ``[d, p]`` matrix of full column rank.
+        b: ``[d, q]`` matrix of full column rank, the same ``d``.
+
+    Returns:
+        ``[min(p, q)]`` angles in degrees, ascending; the largest is the one that says how far
+        the two subspaces are apart.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"a {a.shape} and b {b.shape} must be matrices [d, p] and [d, q] with the same d."
+        )
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("a or b holds NaN or infinite values (did the training diverge?).")
+    q_a, _ = np.linalg.qr(a)
+    q_b, _ = np.linalg.qr(b)
+    if q_a.shape[1] < q_b.shape[1]:
+        q_a, q_b = q_b, q_a  # the sine formula needs span(b) to be the smaller subspace
+    # Singular values come in decreasing order: cosines of the angles in increasing order,
+    # sines in decreasing order; the i-th smallest angle pairs cosines[i] with sines[::-1][i].
+    cosines = np.clip(np.linalg.svd(q_a.T @ q_b, compute_uv=False), -1.0, 1.0)
+    sines = np.clip(np.linalg.svd(q_b - q_a @ (q_a.T @ q_b), compute_uv=False), -1.0, 1.0)
+    angles = np.where(cosines**2 >= 0.5, np.arcsin(sines[::-1]), np.arccos(cosines))
+    return np.sort(np.degrees(angles))
+
+
+def reconstruction_mse(model: Callable, x, batch_size: int = 1024) -> float:
+    """Per-pixel MSE ``mean over examples and pixels of (x - model(x))^2``.
+
+    Args:
+        model: a Keras model (called in inference mode on batches of ``batch_size``) or any
+            callable mapping a batch to reconstructions of the same shape.
+        x: ``[n, ...]`` data.
+    """
+    # Plain calls rather than ``predict``: ``predict`` compiles a function per model, and a
+    # notebook that scores many small models would spend its time (and warnings) retracing.
+    keras_model = hasattr(model, "predict")
+    parts = []
+    for start in range(0, len(x), batch_size):
+        batch = x[start:start + batch_size]
+        parts.append(np.asarray(model(batch, training=False) if keras_model else model(batch)))
+    x_hat = np.concatenate(parts).astype(np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    if x_hat.shape != x.shape:
+        raise ValueError(f"the reconstruction has shape {x_hat.shape}, x has {x.shape}.")
+    return float(np.mean((x - x_hat) ** 2))
+
+
+def directions_from_decoder(weight, x_train) -> tuple[np.ndarray, np.ndarray]:
+    """Principal directions read off a linear autoencoder's decoder (after Plaut 2018).
+
+    A trained linear autoencoder's decoder ``weight [k, d]`` spans the top-``k`` principal
+    subspace but its rows are an arbitrary basis of it (any invertible ``C`` gives the same
+    reconstructions with ``C^-1`` in the encoder). Two steps recover the directions:
+
+    1. SVD: ``weight^T = Q S R^T``; the left singular vectors ``Q [d, k]`` are an orthonormal
+       basis of the subspace, but only a rotation of the principal directions;
+    2. PCA inside the subspace: the eigenvectors ``E`` of the ``k x k`` covariance of the
+       projected training data ``Q^T (x - mean)``, in decreasing order of eigenvalue, rotate
+       ``Q`` onto the principal directions: ``Q E``.
+
+    Returns:
+        ``(singular [k, d], directions [k, d])``: the rows of ``Q^T`` (step 1) and of
+        ``(Q E)^T`` (step 2), each row's sign chosen so that its largest entry is positive.
+    """
+    weight = np.asarray(weight, dtype=np.float64)
+    x = _flat(x_train)
+    q, _, _ = np.linalg.svd(weight.T, full_matrices=False)
+    projected = (x - x.mean(axis=0)) @ q
+    eigenvalues, rotation = np.linalg.eigh(np.cov(projected, rowvar=False, bias=True))
+    directions = (q @ rotation[:, np.argsort(eigenvalues)[::-1]]).T
+    return _fix_signs(q.T), _fix_signs(directions)
+
+
+def _fix_signs(rows: np.ndarray) -> np.ndarray:
+    largest = rows[np.arange(len(rows)), np.argmax(np.abs(rows), axis=1)]
+    return rows * np.where(largest < 0, -1.0, 1.0)[:, None]
+
+
+def direction_angles(a, b) -> np.ndarray:
+    """Angle in degrees between each row of ``a [k, d]`` and the same row of ``b [k, d]``,
+    ignoring sign (a direction and its negative are the same axis): ``arccos |<a_i, b_i>| /
+    (|a_i| |b_i|)``."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"a {a.shape} and b {b.shape} must have the same shape [k, d].")
+    cosines = np.abs(np.sum(a * b, axis=1)) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return np.degrees(np.arccos(np.clip(cosines, 0.0, 1.0)))
+
+
+# --------------------------------------------------------------------------- representations
+
+UNITS = {"nats": 1.0, "bits": np.log(2.0)}
+
+
+def _features(z, name: str) -> np.ndarray:
+    """``z: [n]`` (one feature) or ``[n, ...]`` (flattened) as float64 ``[n, k]``."""
+    z = np.asarray(z, dtype=np.float64)
+    if z.ndim == 0 or len(z) == 0:
+        raise ValueError(f"{name} has shape {z.shape}; expected a non-empty array [n, ...].")
+    z = z.reshape(len(z), -1)
+    if not np.isfinite(z).all():
+        raise ValueError(f"{name} holds NaN or infinite values (did the training diverge?).")
+    return z
+
+
+def _labels(y, n: int, name: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.shape != (n,):
+        raise ValueError(f"{name} has shape {y.shape}; expected one label per example, ({n},).")
+    return y
+
+
+def _split(z_train, y_train, z_test, y_test):
+    z_train, z_test = _features(z_train, "z_train"), _features(z_test, "z_test")
+    if z_train.shape[1] != z_test.shape[1]:
+        raise ValueError(
+            f"z_train has {z_train.shape[1]} features per example and z_test "
+            f"{z_test.shape[1]}; they must match."
+        )
+    y_train = _labels(y_train, len(z_train), "y_train")
+    y_test = _labels(y_test, len(z_test), "y_test")
+    if len(np.unique(y_train)) < 2:
+        raise ValueError("y_train holds a single class; a classifier needs at least two.")
+    return z_train, y_train, z_test, y_test
+
+
+def linear_probe_accuracy(
+    z_train, y_train, z_test, y_test, *, C: float = 1.0, max_iter: int = 5000
+) -> float:
+    """Test accuracy of a linear classifier trained on frozen features: the linear probe.
+
+    Each feature is standardised with the training mean and standard deviation
+    (``(z - mean) / std``, a constant feature is left at 0), then a multinomial logistic
+    regression ``p(y = c | z) = softmax(W z + b)_c`` is fitted on ``(z_train, y_train)`` by
+    L-BFGS with the L2 penalty ``||W||^2 / (2 C)`` (scikit-learn's ``LogisticRegression``),
+    and the accuracy ``mean(argmax_c p(c | z) == y)`` is measured on ``(z_test, y_test)``.
+
+    It asks how much label information a *linear* read-out can get from the features: a high
+    value means the classes are (nearly) linearly separable in the representation. Because the
+    features are standardised, the probe is blind to their scale, so codes whose dimensions
+    have very different ranges compete fairly with PCA codes and pixels.
+
+    Args:
+        z_train: ``[n, ...]`` training features (codes, or images, flattened), or ``[n]``.
+        y_train: ``[n]`` integer labels.
+        z_test: ``[m, ...]`` test features, as many per example as ``z_train``.
+        y_test: ``[m]`` labels.
+        C: inverse strength of the L2 penalty, ``> 0``.
+        max_iter: L-BFGS iterations.
+
+    Returns:
+        Accuracy in [0, 1]; chance is the frequency of the most common test class.
+    """
+    z_train, y_train, z_test, y_test = _split(z_train, y_train, z_test, y_test)
+    if not (isinstance(C, (int, float)) and C > 0):
+        raise ValueError(f"C={C!r} must be a positive number.")
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
+    probe.fit(z_train, y_train)
+    return float(probe.score(z_test, y_test))
+
+
+def knn_accuracy(z_train, y_train, z_test, y_test, k: int = 5, *, standardize: bool = False) -> float:
+    """Test accuracy of the ``k``-nearest-neighbour classifier in feature space.
+
+    Each test point gets the majority label of its ``k`` nearest training points in Euclidean
+    distance ``||z - z_i||`` (ties go to the smallest label). Unlike the linear probe it needs
+    no linear separability, only that neighbours share labels: it judges the *geometry* of the
+    representation as it is, so by default the features are not rescaled; with
+    ``standardize=True`` each feature is first standardised with the training statistics.
+
+    Args:
+        z_train, y_train, z_test, y_test: as in :func:`linear_probe_accuracy`.
+        k: neighbours that vote, ``1 <= k <= n_train``.
+        standardize: standardise each feature before measuring distances.
+
+    Returns:
+        Accuracy in [0, 1].
+    """
+    z_train, y_train, z_test, y_test = _split(z_train, y_train, z_test, y_test)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(z_train):
+        raise ValueError(f"k={k!r} must be an integer in [1, {len(z_train)}] (the training size).")
+    classifier = KNeighborsClassifier(n_neighbors=int(k))
+    if standardize:
+        classifier = make_pipeline(StandardScaler(), classifier)
+    classifier.fit(z_train, y_train)
+    return float(classifier.score(z_test, y_test))
+
+
+def _ross_mutual_information(z: np.ndarray, y: np.ndarray, n_neighbors: int) -> float:
+    """Ross's (2014) kNN estimate of ``I(z; y)`` in nats for continuous ``z [n, k]`` and
+    discrete ``y [n]``, in the max-norm; the counting follows scikit-learn's ``_compute_mi_cd``
+    so that for one feature both give the same value."""
+    radius = np.zeros(len(z))
+    k_all = np.zeros(len(z))
+    label_counts = np.zeros(len(z))
+    for label in np.unique(y):
+        mask = y == label
+        count = int(mask.sum())
+        label_counts[mask] = count
+        if count > 1:
+            k = min(n_neighbors, count - 1)
+            distances, _ = NearestNeighbors(n_neighbors=k, metric="chebyshev").fit(z[mask]).kneighbors()
+            # Strictly inside the k-th same-label neighbour, as in Kraskov et al.'s counting.
+            radius[mask] = np.nextafter(distances[:, -1], 0)
+            k_all[mask] = k
+    keep = label_counts > 1  # a label seen once has no same-label neighbour
+    z, radius = z[keep], radius[keep]
+    m_all = KDTree(z, metric="chebyshev").query_radius(z, radius, count_only=True)
+    value = (
+        digamma(keep.sum())
+        + np.mean(digamma(k_all[keep]))
+        - np.mean(digamma(label_counts[keep]))
+        - np.mean(digamma(m_all))
+    )
+    return max(0.0, float(value))
+
+
+def mutual_information(
+    z, y, *, n_neighbors: int = 3, per_dimension: bool = False, units: str = "nats", seed: int = 0
+):
+    """A k-nearest-neighbour estimate of the mutual information ``I(z; y)`` between
+    continuous features and discrete labels.
+
+    ``I(z; y) = H(y) - H(y | z) = E[log p(z | y) / p(z)]``, between 0 (``z`` says nothing about
+    ``y``) and ``H(y)`` (``y`` is a function of ``z``; ``log 10`` nats for ten balanced
+    digits). The estimator is Ross's (2014) extension of Kraskov, Stoegbauer and Grassberger
+    (2004): with ``d_i`` the max-norm distance from ``z_i`` to its ``k``-th nearest neighbour
+    among the ``N_{y_i}`` points of its own label and ``m_i`` the number of points of any label
+    closer than ``d_i`` (``z_i`` itself included),
+
+        I_hat = psi(N) + psi(k) - mean_i psi(N_{y_i}) - mean_i psi(m_i)
+
+    with ``psi`` the digamma function, clipped at 0 (the true value cannot be negative). Each
+    feature is first divided by its standard deviation and, as in scikit-learn, jittered by
+    ``1e-10`` times its mean magnitude so that tied values (e.g. pixels stuck at 0) do not
+    give zero distances.
+
+    Caveats (read them before comparing numbers):
+
+    * **Bias in high dimensions.** kNN estimators need a number of samples that grows
+      exponentially with the information to be captured and with the dimension; with ``n`` in
+      the thousands and ``k`` in the tens they underestimate strongly dependent variables
+      (Gao, Ver Steeg and Galstyan 2015) and the bias depends on the dimension. Compare
+      representations of the *same* size on the *same* examples, not a 64-pixel image with
+      an 8-dimensional code.
+    * **Not a measure of usefulness.** Mutual information is unchanged by any invertible map
+      of ``z``, so it does not reward codes whose classes are *linearly* separable (that is
+      what :func:`linear_probe_accuracy` measures). For a deterministic encoder the data
+      processing inequality gives ``I(encoder(x); y) <= I(x; y)``: a code can only lose label
+      information, even when its estimate happens to come out higher.
+    * **Per dimension is not joint.** ``per_dimension=True`` returns ``I(z_j; y)`` for each
+      feature separately (what scikit-learn's ``mutual_info_classif`` computes, with the same
+      estimator). Their sum is not ``I(z; y)``: it double-counts information that features
+      share (two copies of one feature add up to twice its information, above ``H(y)``)
+      and misses information carried only jointly (for ``y = [z_1 > 0] XOR [z_2 > 0]`` each
+      ``I(z_j; y)`` is 0 while ``I(z; y) = log 2``).
+    * Cost: a neighbour search per point, ``O(n^2 k)`` in the worst case (many dimensions);
+      subsample ``z`` to a few thousand examples.
+
+    Args:
+        z: ``[n, ...]`` features (flattened) or ``[n]`` one feature.
+        y: ``[n]`` discrete labels.
+        n_neighbors: ``k``, the neighbours per point (3 as in KSG and scikit-learn; larger
+            values lower the variance and raise the bias).
+        per_dimension: return the ``[k]`` values ``I(z_j; y)`` instead of the joint estimate.
+        units: ``"nats"`` (natural log) or ``"bits"`` (log base 2; 1 bit = log 2 nats).
+        seed: seed of the jitter.
+
+    Returns:
+        The joint estimate (a float), or the ``[k]`` per-feature estimates.
+    """
+    z = _features(z, "z")
+    y = _labels(y, len(z), "y")
+    if units not in UNITS:
+        raise ValueError(f"units={units!r} is not allowed; choose one of {tuple(UNITS)}.")
+    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)) or n_neighbors < 1:
+        raise ValueError(f"n_neighbors={n_neighbors!r} must be a positive integer.")
+    std = z.std(axis=0)
+    z = z / np.where(std > 0, std, 1.0)
+    jitter = 1e-10 * np.maximum(1.0, np.abs(z).mean(axis=0))
+    z = z + jitter * np.random.default_rng(seed).standard_normal(z.shape)
+    if per_dimension:
+        values = [_ross_mutual_information(z[:, [j]], y, n_neighbors) for j in range(z.shape[1])]
+        return np.asarray(values) / UNITS[units]
+    return _ross_mutual_information(z, y, n_neighbors) / UNITS[units]

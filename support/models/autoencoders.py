@@ -1,0 +1,318 @@
+"""Dense, convolutional and linear autoencoders.
+
+An autoencoder maps an image ``x: [batch, height, width, channels]`` in [0, 1] to a code
+``z = encoder(x): [batch, latent_dim]`` and back to a reconstruction
+``x_hat = decoder(z): [batch, height, width, channels]``, trained to minimise the per-pixel
+squared error
+
+    reconstruction_loss(x) = mean over pixels of (x - x_hat)^2        # shape [batch]
+
+averaged over the batch. The per-pixel mean (not the sum) is used because it is the number
+compared with the PCA optimum (:func:`support.metrics.pca_reconstruction_mse`); for a plain
+autoencoder the scale of the loss changes only the effective learning rate of SGD.
+
+``fit(x)`` trains to reconstruct ``x``; ``fit(x_input, x_target)`` trains to map one onto the
+other (a denoising autoencoder, for example). Both models save to ``.keras`` and load back
+with :func:`keras.models.load_model` to the same outputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def reconstruction_loss(x, x_hat):
+    """Per-example squared error averaged over pixels: ``[batch, ...] -> [batch]``."""
+    squared = tf.square(tf.cast(x, x_hat.dtype) - x_hat)
+    return tf.reduce_mean(tf.reshape(squared, (tf.shape(squared)[0], -1)), axis=1)
+
+
+def _shape(value, name):
+    shape = tuple(int(v) for v in value) if isinstance(value, (tuple, list)) else None
+    if not shape or len(shape) != 3 or min(shape) < 1:
+        raise ValueError(
+            f"{name}={value!r} must be an image shape (height, width, channels) of positive ints."
+        )
+    return shape
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer.")
+    return int(value)
+
+
+def _widths(value, name):
+    if not isinstance(value, (tuple, list)):
+        raise ValueError(f"{name}={value!r} must be a tuple of positive integers.")
+    return tuple(_positive_int(v, name) for v in value)
+
+
+class Autoencoder(keras.Model):
+    """Shared behaviour: ``call``, ``encode``, ``decode`` and the reconstruction-loss
+    ``train_step``/``test_step``. Subclasses set ``self.encoder`` and ``self.decoder``."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+
+    def call(self, x, training=None):
+        """``x: [batch, height, width, channels] -> x_hat`` of the same shape."""
+        return self.decoder(self.encoder(x, training=training), training=training)
+
+    def encode(self, x):
+        """``x: [batch, height, width, channels] -> z: [batch, latent_dim]``."""
+        return self.encoder(x, training=False)
+
+    def decode(self, z):
+        """``z: [batch, latent_dim] -> x_hat: [batch, height, width, channels]``."""
+        return self.decoder(z, training=False)
+
+    def init_output_bias(self, x_train):
+        """Set the output layer's bias so that the untrained decoder outputs the mean image.
+
+        ``bias = mean(x_train)`` per pixel (per channel for a convolutional output), passed
+        through the inverse of the output activation: ``logit(mean)`` for ``"sigmoid"``. The
+        mean is then in place from the first step. Without it the code spends a dimension on
+        the mean early on and hands it over to the bias only slowly; for a linear autoencoder
+        this can leave the decoder's subspace tens of degrees away from PCA's after hundreds
+        of epochs, with the MSE already within 1 % of the optimum.
+        """
+        layer = self.decoder.get_layer("pixels")
+        activation = self.output_activation
+        if activation not in (None, "linear", "sigmoid"):
+            raise ValueError(
+                f"output_activation={activation!r}: init_output_bias knows the inverse of "
+                "None, 'linear' and 'sigmoid' only."
+            )
+        x = np.asarray(x_train, dtype=np.float64)
+        if x.shape[1:] != self.image_shape:
+            raise ValueError(
+                f"x_train has examples of shape {x.shape[1:]}, the model expects "
+                f"{self.image_shape}."
+            )
+        mean = x.mean(axis=0).reshape(-1)
+        if tuple(layer.bias.shape) != mean.shape:  # a convolution: one bias per channel
+            mean = x.reshape(-1, self.image_shape[-1]).mean(axis=0)
+        if activation == "sigmoid":
+            mean = np.clip(mean, 1e-3, 1 - 1e-3)
+            mean = np.log(mean / (1 - mean))
+        layer.bias.assign(mean.astype(layer.bias.dtype))
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker]
+
+    def _loss(self, data, training):
+        x, target, _ = keras.utils.unpack_x_y_sample_weight(data)
+        target = x if target is None else target
+        x_hat = self(x, training=training)
+        return tf.reduce_mean(reconstruction_loss(target, x_hat))
+
+    def train_step(self, data):
+        with tf.GradientTape() as tape:
+            loss = self._loss(data, training=True)
+        gradients = tape.gradient(loss, self.trainable_weights)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
+        self.loss_tracker.update_state(loss)
+        return {"loss": self.loss_tracker.result()}
+
+    def test_step(self, data):
+        self.loss_tracker.update_state(self._loss(data, training=False))
+        return {"loss": self.loss_tracker.result()}
+
+
+@keras.saving.register_keras_serializable(package="support")
+class DenseAutoencoder(Autoencoder):
+    """A multilayer-perceptron autoencoder; with ``linear=True``, the linear autoencoder.
+
+    Encoder: flatten ``x`` to ``d = height * width * channels`` values, then
+    ``Dense(widths[0], hidden_activation) -> ... -> Dense(latent_dim, code_activation)``.
+    Decoder: the mirror image, ``Dense(widths[-1], hidden_activation) -> ... ->
+    Dense(d, output_activation)``, reshaped back to ``input_shape``.
+
+    ``linear=True`` removes every activation (the three activation arguments are then ignored
+    and recorded as ``None``) and defaults ``widths`` to ``()``: ``z = W_e (x) + b_e``,
+    ``x_hat = W_d z + b_d`` with ``W_d: [latent_dim, d]`` as Keras stores it. At its optimum
+    the rows of ``W_d`` span the top-``latent_dim`` principal subspace of the training data
+    (Baldi and Hornik 1989); read them with :func:`decoder_matrix`.
+
+    Args:
+        input_shape: ``(height, width, channels)``, e.g. ``(8, 8, 1)`` or ``(28, 28, 1)``.
+        widths: hidden widths of the encoder, outermost first, e.g. ``(128, 64)``; ``None``
+            gives ``(128, 64)``, or ``()`` when ``linear``.
+        latent_dim: size ``k`` of the code.
+        code_activation: activation of the code layer (``None``: identity; ``"sigmoid"``
+            bounds the code in (0, 1)).
+        hidden_activation: activation of the hidden layers.
+        output_activation: activation of the output (``"sigmoid"`` for pixels in [0, 1],
+            ``None`` for identity).
+        linear: build the linear autoencoder.
+    """
+
+    def __init__(
+        self,
+        input_shape=(8, 8, 1),
+        widths=None,
+        latent_dim: int = 8,
+        code_activation: str | None = None,
+        hidden_activation: str | None = "relu",
+        output_activation: str | None = "sigmoid",
+        linear: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.image_shape = _shape(input_shape, "input_shape")
+        self.linear = bool(linear)
+        if widths is None:
+            widths = () if self.linear else (128, 64)
+        self.widths = _widths(widths, "widths")
+        self.latent_dim = _positive_int(latent_dim, "latent_dim")
+        if self.linear:
+            code_activation = hidden_activation = output_activation = None
+        self.code_activation = code_activation
+        self.hidden_activation = hidden_activation
+        self.output_activation = output_activation
+        d = math.prod(self.image_shape)
+        self.encoder = keras.Sequential(
+            [keras.Input(self.image_shape), keras.layers.Flatten()]
+            + [keras.layers.Dense(w, activation=hidden_activation) for w in self.widths]
+            + [keras.layers.Dense(self.latent_dim, activation=code_activation, name="code")],
+            name="encoder",
+        )
+        self.decoder = keras.Sequential(
+            [keras.Input((self.latent_dim,))]
+            + [keras.layers.Dense(w, activation=hidden_activation) for w in self.widths[::-1]]
+            + [
+                keras.layers.Dense(d, activation=output_activation, name="pixels"),
+                keras.layers.Reshape(self.image_shape),
+            ],
+            name="decoder",
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            input_shape=self.image_shape,
+            widths=self.widths,
+            latent_dim=self.latent_dim,
+            code_activation=self.code_activation,
+            hidden_activation=self.hidden_activation,
+            output_activation=self.output_activation,
+            linear=self.linear,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="support")
+class ConvAutoencoder(Autoencoder):
+    """A convolutional autoencoder for 8x8 and 28x28 images (any size divisible by
+    ``2 ** len(filters)``).
+
+    Encoder: one ``Conv2D(f, 3, strides=2, padding="same", hidden_activation)`` per entry of
+    ``filters``, each halving height and width (28 -> 14 -> 7, or 8 -> 4 -> 2), then flatten
+    and ``Dense(latent_dim, code_activation)``.
+    Decoder: ``Dense(h * w * filters[-1], hidden_activation)`` reshaped to the smallest feature
+    map ``[h, w, filters[-1]]``, then ``Conv2DTranspose`` layers with stride 2 that double it
+    back (the last one has ``channels`` filters and ``output_activation``).
+
+    Args:
+        input_shape: ``(height, width, channels)``.
+        filters: filters of the strided convolutions, e.g. ``(32, 64)``.
+        latent_dim: size ``k`` of the code.
+        code_activation, hidden_activation, output_activation: as in :class:`DenseAutoencoder`.
+    """
+
+    def __init__(
+        self,
+        input_shape=(28, 28, 1),
+        filters=(32, 64),
+        latent_dim: int = 8,
+        code_activation: str | None = None,
+        hidden_activation: str | None = "relu",
+        output_activation: str | None = "sigmoid",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.image_shape = _shape(input_shape, "input_shape")
+        self.filters = _widths(filters, "filters")
+        if not self.filters:
+            raise ValueError("filters=() must name at least one convolution, e.g. (32, 64).")
+        self.latent_dim = _positive_int(latent_dim, "latent_dim")
+        self.code_activation = code_activation
+        self.hidden_activation = hidden_activation
+        self.output_activation = output_activation
+        height, width, channels = self.image_shape
+        factor = 2 ** len(self.filters)
+        if height % factor or width % factor:
+            raise ValueError(
+                f"input_shape={self.image_shape!r}: height and width must be divisible by "
+                f"2 ** len(filters) = {factor} so that the decoder restores them exactly; "
+                f"use fewer filters (filters={self.filters!r})."
+            )
+        small = (height // factor, width // factor, self.filters[-1])
+        conv = dict(kernel_size=3, strides=2, padding="same")
+        self.encoder = keras.Sequential(
+            [keras.Input(self.image_shape)]
+            + [keras.layers.Conv2D(f, activation=hidden_activation, **conv) for f in self.filters]
+            + [
+                keras.layers.Flatten(),
+                keras.layers.Dense(self.latent_dim, activation=code_activation, name="code"),
+            ],
+            name="encoder",
+        )
+        self.decoder = keras.Sequential(
+            [
+                keras.Input((self.latent_dim,)),
+                keras.layers.Dense(math.prod(small), activation=hidden_activation),
+                keras.layers.Reshape(small),
+            ]
+            + [
+                keras.layers.Conv2DTranspose(f, activation=hidden_activation, **conv)
+                for f in self.filters[-2::-1]
+            ]
+            + [
+                keras.layers.Conv2DTranspose(
+                    channels, activation=output_activation, name="pixels", **conv
+                )
+            ],
+            name="decoder",
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            input_shape=self.image_shape,
+            filters=self.filters,
+            latent_dim=self.latent_dim,
+            code_activation=self.code_activation,
+            hidden_activation=self.hidden_activation,
+            output_activation=self.output_activation,
+        )
+        return config
+
+
+def decoder_matrix(model: DenseAutoencoder) -> tuple[np.ndarray, np.ndarray]:
+    """The affine map of a linear autoencoder's decoder, ``x_hat = z @ weight + bias``.
+
+    Returns ``(weight [latent_dim, d], bias [d])`` as float64. With hidden widths (a deep
+    linear network) the layers' maps are composed: ``weight = W_1 @ W_2 @ ...``. The row space
+    of ``weight`` is the subspace that the decoder spans, to be compared with PCA components
+    ``[k, d]`` by ``principal_angles(weight.T, components.T)``.
+    """
+    if not isinstance(model, DenseAutoencoder) or not model.linear:
+        raise ValueError(
+            f"model={type(model).__name__} is not a linear DenseAutoencoder "
+            "(DenseAutoencoder(..., linear=True)); only a linear decoder is a matrix."
+        )
+    weight = np.eye(model.latent_dim)
+    bias = np.zeros(model.latent_dim)
+    for layer in model.decoder.layers:
+        if isinstance(layer, keras.layers.Dense):
+            kernel, layer_bias = (np.asarray(v, dtype=np.float64) for v in layer.get_weights())
+            weight, bias = weight @ kernel, bias @ kernel + layer_bias
+    return weight, bias

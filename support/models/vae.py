@@ -1,0 +1,674 @@
+"""The variational autoencoder (Kingma and Welling 2014; Rezende et al. 2014).
+
+Model: prior ``p(z) = N(0, I)`` on ``z: [latent_dim]``; decoder ``p(x|z)``, either
+independent Bernoulli pixels with logits ``l = decoder(z)`` or a Gaussian
+``N(x; decoder(z), sigma^2 I)`` with one scalar ``sigma`` (fixed, or learned). The encoder
+outputs the diagonal Gaussian ``q(z|x) = N(z; mu(x), diag sigma^2(x))`` as
+``(z_mean, z_log_var)``. Training maximises the ELBO averaged over the data, i.e. minimises
+
+    loss = mean over batch of [ reconstruction + beta * kl ]
+    reconstruction = -log p(x | z),  z = mu + sigma * eps,  eps ~ N(0, I)    # one sample
+    kl             = KL(q(z|x) || p(z))                                       # closed form
+
+with the log-likelihood **summed** over pixels (averaging it over pixels would silently train
+with ``beta = d``). ``beta`` is a non-trainable variable so that :class:`KLWarmup` can ramp it
+from near 0 to its target over the first epochs (Sønderby et al. 2016). ``fit`` and
+``evaluate`` report three batch means: ``loss`` (``-ELBO`` once ``beta = 1``),
+``reconstruction`` and ``kl``. Typical use, on the 8x8 digits with a fresh binarization of
+every image each epoch::
+
+    model = VAE(input_shape=(8, 8, 1), latent_dim=8, widths=(128, 64))
+    model.init_output_bias(x_train)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.fit(data.dataset(x_train, batch_size=64, binarization="dynamic"), epochs=200,
+              shuffle=False, callbacks=[KLWarmup(20)])
+    nll = model.importance_sampled_nll(data.binarize(x_test, seed=1), k=5000)  # [n] nats
+
+Evaluation, all per example and in nats: :meth:`VAE.elbo`, :meth:`VAE.iwae_bound` and
+:meth:`VAE.importance_sampled_nll` (``-log p(x)`` estimated by importance sampling with the
+encoder as proposal, in bounded memory), plus :meth:`VAE.kl_per_dimension` and
+:meth:`VAE.active_units` (Burda et al. 2016).
+
+The linear-Gaussian model (probabilistic PCA, Tipping and Bishop 1999),
+``p(z) = N(0, I)``, ``p(x|z) = N(W z + b, sigma^2 I)``, has everything in closed form: the
+marginal :func:`linear_gaussian_log_marginal`, the posterior :func:`linear_gaussian_posterior`,
+the ELBO of any diagonal ``q`` :func:`linear_gaussian_elbo`, and the KL to the true posterior
+:func:`kl_gaussians`. ``VAE(..., decoder="linear", likelihood="gaussian")`` is exactly this
+model, and :meth:`VAE.linear_gaussian_parameters` reads ``(W, b, sigma)`` off it. These
+functions run in NumPy float64, so that identities such as ``log p(x) - ELBO = KL(q || p(z|x))``
+hold to rounding error.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from support import objectives
+
+ENCODERS = ("dense", "conv", "linear")
+LIKELIHOODS = ("bernoulli", "gaussian")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _shape(value, name):
+    shape = tuple(int(v) for v in value) if isinstance(value, (tuple, list)) else None
+    if not shape or len(shape) != 3 or min(shape) < 1:
+        raise ValueError(
+            f"{name}={value!r} must be an image shape (height, width, channels) of positive ints."
+        )
+    return shape
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer.")
+    return int(value)
+
+
+def _widths(value, name):
+    if not isinstance(value, (tuple, list)):
+        raise ValueError(f"{name}={value!r} must be a tuple of positive integers.")
+    return tuple(_positive_int(v, name) for v in value)
+
+
+def _choice(value, allowed, name):
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of {', '.join(allowed)}.")
+    return value
+
+
+def _positive_float(value, name, allow_zero=False):
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name}={value!r} must be a {bound} finite number.")
+    return float(value)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@keras.saving.register_keras_serializable(package="support")
+class VAE(keras.Model):
+    """A variational autoencoder with dense, convolutional or linear encoder and decoder.
+
+    Encoder (``x -> (z_mean, z_log_var)``), by ``encoder``:
+      * ``"dense"``: flatten, ``Dense(widths[0], relu) -> ... -> Dense(2 * latent_dim)``;
+      * ``"conv"``: one ``Conv2D(f, 3, strides=2, padding="same", relu)`` per ``filters``
+        entry, flatten, ``Dense(2 * latent_dim)``;
+      * ``"linear"``: flatten, ``Dense(2 * latent_dim)`` (an affine map; enough for the
+        linear-Gaussian model, whose posterior mean is affine in ``x`` and whose posterior
+        variance does not depend on ``x``).
+    The last layer (named ``"posterior"``) is split into ``z_mean`` and ``z_log_var``.
+
+    Decoder (``z -> decoder outputs``, the shape of ``x``), by ``decoder``:
+      * ``"dense"``: ``Dense(widths[-1], relu) -> ... -> Dense(d)``, reshaped to ``input_shape``;
+      * ``"conv"``: ``Dense`` to the smallest feature map, then stride-2 ``Conv2DTranspose``
+        layers back to ``input_shape`` (height and width divisible by ``2 ** len(filters)``);
+      * ``"linear"``: ``Dense(d)``: ``mean = W z + b`` exactly.
+    The outputs have no activation (last layer named ``"pixels"``): they are the **logits**
+    of ``p(x|z)`` for ``likelihood="bernoulli"`` and its **mean** for ``"gaussian"``.
+    :meth:`decode` returns probabilities (the sigmoid of the logits) or means.
+
+    Gaussian likelihood: ``p(x|z) = N(x; mean(z), sigma^2 I)`` with one scalar ``sigma``
+    for all pixels (the probabilistic-PCA noise model), stored as the variable ``log_sigma``,
+    trained when ``learn_sigma`` (then ``sigma`` is its initial value). With a fixed ``sigma``
+    the reconstruction term is the squared error scaled by ``1 / (2 sigma^2)``: ``sigma`` sets
+    how much reconstruction is worth against the KL.
+
+    Args:
+        input_shape: ``(height, width, channels)``, e.g. ``(8, 8, 1)`` or ``(28, 28, 1)``.
+        latent_dim: size of ``z``.
+        encoder: ``"dense"``, ``"conv"`` or ``"linear"``.
+        decoder: the same choices; ``None`` takes the encoder's.
+        widths: hidden widths of the dense encoder, outermost first (the dense decoder mirrors
+            them); ``None`` gives ``(128, 64)``.
+        filters: filters of the convolutional encoder (the decoder mirrors them).
+        likelihood: ``"bernoulli"`` (pixels in [0, 1], ideally binarized) or ``"gaussian"``.
+        sigma: the Gaussian likelihood's standard deviation (initial value if learned).
+        learn_sigma: train ``log sigma`` with the rest (Gaussian only).
+        beta: target weight of the KL term; the variable ``beta`` starts there and
+            :class:`KLWarmup` ramps it.
+    """
+
+    def __init__(
+        self,
+        input_shape=(8, 8, 1),
+        latent_dim: int = 8,
+        encoder: str = "dense",
+        decoder: str | None = None,
+        widths=None,
+        filters=(32, 64),
+        likelihood: str = "bernoulli",
+        sigma: float = 0.1,
+        learn_sigma: bool = False,
+        beta: float = 1.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.image_shape = _shape(input_shape, "input_shape")
+        self.latent_dim = _positive_int(latent_dim, "latent_dim")
+        self.encoder_type = _choice(encoder, ENCODERS, "encoder")
+        self.decoder_type = _choice(encoder if decoder is None else decoder, ENCODERS, "decoder")
+        self.widths = _widths((128, 64) if widths is None else widths, "widths")
+        self.filters = _widths(filters, "filters")
+        self.likelihood = _choice(likelihood, LIKELIHOODS, "likelihood")
+        self.initial_sigma = _positive_float(sigma, "sigma")
+        self.learn_sigma = bool(learn_sigma)
+        if self.learn_sigma and self.likelihood != "gaussian":
+            raise ValueError(
+                "learn_sigma=True needs likelihood='gaussian'; a Bernoulli likelihood has no sigma."
+            )
+        self.target_beta = _positive_float(beta, "beta", allow_zero=True)
+        if "conv" in (self.encoder_type, self.decoder_type):
+            if not self.filters:
+                raise ValueError("filters=() must name at least one convolution, e.g. (32, 64).")
+            factor = 2 ** len(self.filters)
+            if self.image_shape[0] % factor or self.image_shape[1] % factor:
+                raise ValueError(
+                    f"input_shape={self.image_shape!r}: height and width must be divisible by "
+                    f"2 ** len(filters) = {factor} for a convolutional VAE; use fewer filters "
+                    f"(filters={self.filters!r})."
+                )
+        self.encoder = self._build_encoder()
+        self.decoder = self._build_decoder()
+        self.beta = self.add_weight(
+            name="beta", shape=(), initializer=keras.initializers.Constant(self.target_beta),
+            trainable=False,
+        )
+        if self.likelihood == "gaussian":
+            self.log_sigma = self.add_weight(
+                name="log_sigma", shape=(),
+                initializer=keras.initializers.Constant(math.log(self.initial_sigma)),
+                trainable=self.learn_sigma,
+            )
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
+        self.kl_tracker = keras.metrics.Mean(name="kl")
+        # Every variable exists now (the Sequentials start with an Input): marking the model
+        # built lets `.keras` files restore weights and optimizer state without a first call.
+        self.built = True
+
+    # ------------------------------------------------------------------ architecture
+
+    def _build_encoder(self):
+        layers = [keras.Input(self.image_shape)]
+        if self.encoder_type == "conv":
+            layers += [
+                keras.layers.Conv2D(f, 3, strides=2, padding="same", activation="relu")
+                for f in self.filters
+            ]
+        layers.append(keras.layers.Flatten())
+        if self.encoder_type == "dense":
+            layers += [keras.layers.Dense(w, activation="relu") for w in self.widths]
+        layers.append(keras.layers.Dense(2 * self.latent_dim, name="posterior"))
+        return keras.Sequential(layers, name="encoder")
+
+    def _build_decoder(self):
+        height, width, channels = self.image_shape
+        layers = [keras.Input((self.latent_dim,))]
+        if self.decoder_type == "conv":
+            factor = 2 ** len(self.filters)
+            small = (height // factor, width // factor, self.filters[-1])
+            conv = dict(kernel_size=3, strides=2, padding="same")
+            layers += [
+                keras.layers.Dense(math.prod(small), activation="relu"),
+                keras.layers.Reshape(small),
+            ]
+            layers += [
+                keras.layers.Conv2DTranspose(f, activation="relu", **conv)
+                for f in self.filters[-2::-1]
+            ]
+            layers.append(keras.layers.Conv2DTranspose(channels, name="pixels", **conv))
+            return keras.Sequential(layers, name="decoder")
+        if self.decoder_type == "dense":
+            layers += [keras.layers.Dense(w, activation="relu") for w in self.widths[::-1]]
+        layers += [
+            keras.layers.Dense(math.prod(self.image_shape), name="pixels"),
+            keras.layers.Reshape(self.image_shape),
+        ]
+        return keras.Sequential(layers, name="decoder")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            input_shape=self.image_shape,
+            latent_dim=self.latent_dim,
+            encoder=self.encoder_type,
+            decoder=self.decoder_type,
+            widths=self.widths,
+            filters=self.filters,
+            likelihood=self.likelihood,
+            sigma=self.initial_sigma,
+            learn_sigma=self.learn_sigma,
+            beta=self.target_beta,
+        )
+        return config
+
+    @property
+    def sigma(self) -> float:
+        """The Gaussian likelihood's current standard deviation."""
+        if self.likelihood != "gaussian":
+            raise ValueError("sigma: this VAE has likelihood='bernoulli', which has no sigma.")
+        return float(np.exp(self.log_sigma.numpy()))
+
+    def init_output_bias(self, x_train):
+        """Start the decoder at the mean training image: the ``"pixels"`` bias is set to
+        ``logit(mean)`` (Bernoulli, mean clipped to [1e-3, 1 - 1e-3]) or ``mean`` (Gaussian),
+        per pixel (per channel for a convolutional decoder). For the linear-Gaussian model this
+        is the maximum-likelihood ``b``; for a Bernoulli VAE it saves the first epochs."""
+        x = np.asarray(x_train, dtype=np.float64)
+        if x.shape[1:] != self.image_shape:
+            raise ValueError(
+                f"x_train has examples of shape {x.shape[1:]}, the model expects {self.image_shape}."
+            )
+        layer = self.decoder.get_layer("pixels")
+        mean = x.mean(axis=0).reshape(-1)
+        if tuple(layer.bias.shape) != mean.shape:  # a convolution: one bias per channel
+            mean = x.reshape(-1, self.image_shape[-1]).mean(axis=0)
+        if self.likelihood == "bernoulli":
+            mean = np.clip(mean, 1e-3, 1 - 1e-3)
+            mean = np.log(mean / (1 - mean))
+        layer.bias.assign(mean.astype(layer.bias.dtype))
+
+    # ------------------------------------------------------------------ the probabilistic model
+
+    def _posterior(self, x, training=None):
+        """``x: [batch, h, w, c] -> (z_mean, z_log_var)``, each ``[batch, latent_dim]``."""
+        z_mean, z_log_var = tf.split(self.encoder(x, training=training), 2, axis=-1)
+        return z_mean, z_log_var
+
+    def log_likelihood(self, x, outputs):
+        """``log p(x|z)`` per example, ``[batch]``, from the decoder outputs ``decoder(z)``
+        (logits or means) and ``x`` of the same shape."""
+        if self.likelihood == "bernoulli":
+            return objectives.bernoulli_log_likelihood(x, outputs)
+        log_var = 2.0 * tf.cast(self.log_sigma, outputs.dtype)
+        return objectives.gaussian_log_likelihood(tf.cast(x, outputs.dtype), outputs, log_var)
+
+    def _mean_output(self, outputs):
+        return tf.sigmoid(outputs) if self.likelihood == "bernoulli" else outputs
+
+    def call(self, x, training=None):
+        """The mean reconstruction ``decode(z_mean(x))``: ``[batch, h, w, c]``."""
+        z_mean, _ = self._posterior(x, training=training)
+        return self._mean_output(self.decoder(z_mean, training=training))
+
+    def encode(self, x):
+        """``x: [batch, h, w, c] -> (z_mean, z_log_var)``, each ``[batch, latent_dim]``."""
+        return self._posterior(x, training=False)
+
+    def decode(self, z):
+        """``z: [batch, latent_dim] ->`` the mean of ``p(x|z)``, ``[batch, h, w, c]``:
+        pixel probabilities (Bernoulli) or means (Gaussian)."""
+        return self._mean_output(self.decoder(z, training=False))
+
+    def sample(self, n: int, seed: int | None = None):
+        """Decode ``n`` codes ``z ~ p(z) = N(0, I)``: means of ``p(x|z)``, ``[n, h, w, c]``.
+        ``seed`` makes the draw repeatable (stateless); ``None`` uses TensorFlow's global
+        generator."""
+        n = _positive_int(n, "n")
+        shape = (n, self.latent_dim)
+        if seed is None:
+            z = tf.random.normal(shape)
+        else:
+            z = tf.random.stateless_normal(shape, seed=(int(seed), 0))
+        return self.decode(z)
+
+    # ------------------------------------------------------------------ training
+
+    def loss_terms(self, data, training=False):
+        """One batch's ``(loss, reconstruction, kl)``, each averaged over the batch: the
+        ``-ELBO`` with the KL weighted by ``beta``, from one reparameterized sample per example.
+
+        ``data`` is ``x: [batch, h, w, c]`` or a tuple starting with it (labels are ignored).
+        """
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        x = tf.cast(x, self.compute_dtype)
+        z_mean, z_log_var = self._posterior(x, training=training)
+        epsilon = tf.random.normal(tf.shape(z_mean), dtype=z_mean.dtype)
+        z = z_mean + tf.exp(0.5 * z_log_var) * epsilon  # the reparameterization trick
+        reconstruction = -self.log_likelihood(x, self.decoder(z, training=training))
+        kl = objectives.kl_diagonal_gaussian_standard_normal(z_mean, z_log_var)
+        loss = -tf.reduce_mean(objectives.elbo(-reconstruction, kl, beta=self.beta))
+        return loss, tf.reduce_mean(reconstruction), tf.reduce_mean(kl)
+
+    def _update(self, loss, reconstruction, kl):
+        self.loss_tracker.update_state(loss)
+        self.reconstruction_tracker.update_state(reconstruction)
+        self.kl_tracker.update_state(kl)
+        return {m.name: m.result() for m in self.metrics}
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.reconstruction_tracker, self.kl_tracker]
+
+    def train_step(self, data):
+        with tf.GradientTape() as tape:
+            loss, reconstruction, kl = self.loss_terms(data, training=True)
+        gradients = tape.gradient(loss, self.trainable_weights)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
+        return self._update(loss, reconstruction, kl)
+
+    def test_step(self, data):
+        return self._update(*self.loss_terms(data, training=False))
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _batches(self, x, batch_size):
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 4 or x.shape[1:] != self.image_shape:
+            raise ValueError(
+                f"x has shape {x.shape}; expected [n, {', '.join(map(str, self.image_shape))}]."
+            )
+        batch_size = _positive_int(batch_size, "batch_size")
+        for start in range(0, len(x), batch_size):
+            yield start, tf.constant(x[start : start + batch_size])
+
+    @tf.function(reduce_retracing=True)
+    def _noise(self, indices, samples, seed):
+        """``eps: [batch, samples, latent_dim]``; example ``i`` gets the stateless stream
+        ``(seed, i)``, so that an estimate does not depend on how the work is chunked."""
+        return tf.map_fn(
+            lambda i: tf.random.stateless_normal(
+                (samples, self.latent_dim), seed=tf.stack([seed, i])
+            ),
+            indices,
+            fn_output_signature=tf.float32,
+        )
+
+    @tf.function(reduce_retracing=True)
+    def _log_terms(self, x, z_mean, z_log_var, epsilon):
+        """``(log p(x|z), log w)`` with ``z = mu + sigma * eps`` and
+        ``log w = log p(x|z) + log p(z) - log q(z|x)``: ``x: [batch, h, w, c]``,
+        ``epsilon: [samples, batch, latent_dim] -> ([samples, batch], [samples, batch])``."""
+        samples, batch = tf.shape(epsilon)[0], tf.shape(epsilon)[1]
+        z = z_mean + tf.exp(0.5 * z_log_var) * epsilon
+        outputs = self.decoder(tf.reshape(z, (-1, self.latent_dim)), training=False)
+        x_repeated = tf.reshape(
+            tf.broadcast_to(x[None], tf.concat([[samples], tf.shape(x)], 0)), tf.shape(outputs)
+        )
+        log_px_given_z = tf.reshape(self.log_likelihood(x_repeated, outputs), (samples, batch))
+        log_pz = objectives.log_normal_diag(z, 0.0, 0.0)
+        # log q(z|x) from eps itself: z - mu would lose digits when sigma << |mu|.
+        log_qz = -0.5 * tf.reduce_sum(objectives.LOG_2PI + z_log_var + tf.square(epsilon), -1)
+        return log_px_given_z, objectives.log_importance_weights(log_px_given_z, log_pz, log_qz)
+
+    def _chunk_sizes(self, n, k, batch_size, max_elements):
+        """Examples per chunk ``b`` and samples per chunk ``s``, so that neither the noise
+        ``[b, k, latent_dim]`` nor the decoder outputs ``[s * b, d]`` exceed ``max_elements``
+        (one example at a time when one example alone exceeds it)."""
+        d = math.prod(self.image_shape)
+        b = max(1, min(batch_size, n, max_elements // (k * self.latent_dim)))
+        s = max(1, min(k, max_elements // (b * d)))
+        return b, s
+
+    def _over_samples(self, x, k, batch_size, max_elements, seed, statistic):
+        """Per-example statistic of ``k`` draws ``z_i ~ q(z|x)``, NumPy ``[n]``, in chunks:
+        ``"log_mean_weight"``, ``log (1/k) sum_i w_i`` (a running log-sum-exp), or
+        ``"mean_log_likelihood"``, ``(1/k) sum_i log p(x|z_i)`` (a running sum)."""
+        k = _positive_int(k, "k")
+        max_elements = _positive_int(max_elements, "max_elements")
+        x = np.asarray(x, dtype=np.float32)
+        b, s = self._chunk_sizes(len(x), k, _positive_int(batch_size, "batch_size"), max_elements)
+        seed = tf.constant(int(seed), tf.int32)
+        result = np.empty(len(x), dtype=np.float32)
+        for start, x_batch in self._batches(x, b):
+            n_batch = int(x_batch.shape[0])
+            z_mean, z_log_var = self.encode(x_batch)
+            noise = self._noise(tf.range(start, start + n_batch), tf.constant(k), seed)
+            total = tf.fill((n_batch,), -np.inf if statistic == "log_mean_weight" else 0.0)
+            for first in range(0, k, s):
+                epsilon = tf.transpose(noise[:, first : first + s], (1, 0, 2))
+                log_px_given_z, log_w = self._log_terms(x_batch, z_mean, z_log_var, epsilon)
+                if statistic == "log_mean_weight":
+                    chunk = tf.reduce_logsumexp(log_w, axis=0)
+                    total = tf.reduce_logsumexp(tf.stack([total, chunk]), axis=0)
+                else:
+                    total += tf.reduce_sum(log_px_given_z, axis=0)
+            if statistic == "log_mean_weight":
+                total = total - math.log(k)
+            else:
+                total = total / k
+            result[start : start + n_batch] = total.numpy()
+        return result
+
+    def elbo(
+        self, x, samples: int = 1, batch_size: int = 100, max_elements: int = 2**22, seed: int = 0
+    ):
+        """The ELBO per example (``beta = 1``), NumPy ``[n]`` in nats.
+
+        ``ELBO(x) = (1/S) sum_s log p(x|z_s) - KL(q(z|x) || p(z))``, ``z_s ~ q(z|x)``: Monte
+        Carlo over ``S = samples`` draws for the reconstruction term, the KL in closed form.
+        ``seed`` fixes the draws: example ``i`` uses the same ``z_s`` as in :meth:`iwae_bound`
+        with the same seed. Chunked like :meth:`importance_sampled_nll`.
+        """
+        expected_log_likelihood = self._over_samples(
+            x, samples, batch_size, max_elements, seed, "mean_log_likelihood"
+        )
+        kl = self._kl_per_dimension(x, max(_positive_int(batch_size, "batch_size"), 1024))
+        return expected_log_likelihood - kl.sum(axis=1)
+
+    def iwae_bound(
+        self, x, k: int, batch_size: int = 100, max_elements: int = 2**22, seed: int = 0
+    ):
+        """The importance-weighted bound ``L_k(x) = log (1/k) sum_i p(x, z_i) / q(z_i|x)``,
+        ``z_i ~ q(z|x)``, per example: NumPy ``[n]`` in nats (Burda et al. 2016).
+
+        ``E[L_1] = ELBO <= E[L_k] <= E[L_{k+1}] <= log p(x)``. Computed in chunks (see
+        :meth:`importance_sampled_nll`); the result does not depend on the chunking, only on
+        ``seed``.
+        """
+        return self._over_samples(x, k, batch_size, max_elements, seed, "log_mean_weight")
+
+    def importance_sampled_nll(
+        self, x, k: int = 5000, batch_size: int = 100, max_elements: int = 2**22, seed: int = 0
+    ):
+        """Negative log-likelihood ``-log p(x)`` estimated by importance sampling, per example:
+        NumPy ``[n]`` in nats.
+
+        ``NLL(x) ~= -log (1/k) sum_{i=1..k} p(x|z_i) p(z_i) / q(z_i|x)``, ``z_i ~ q(z|x)``:
+        the encoder is the proposal (Rezende et al. 2014; Burda et al. 2016). It is
+        ``-L_k`` of :meth:`iwae_bound`, an upper bound on ``-log p(x)`` in expectation that
+        tightens as ``k`` grows; ``k = 5000`` is the customary test setting on MNIST.
+
+        Memory stays bounded for any ``k`` and ``n``: examples go ``batch_size`` at a time
+        (fewer if the noise ``[batch, k, latent_dim]`` would exceed ``max_elements``), and their
+        ``k`` samples in chunks of ``s`` with ``s * batch * d <= max_elements`` decoder outputs
+        (``d`` pixels; hidden layers no wider than ``d`` stay within the same bound), combined
+        with a running log-sum-exp. The noise of example ``i`` is the stateless stream
+        ``(seed, i)``, so the estimate is the same whatever the chunk sizes.
+        """
+        return -self._over_samples(x, k, batch_size, max_elements, seed, "log_mean_weight")
+
+    def _kl_per_dimension(self, x, batch_size):
+        """``[n, latent_dim]`` float64 per-example, per-dimension KL to the prior."""
+        kl = [
+            objectives.kl_per_dimension(*self.encode(x_batch)).numpy()
+            for _, x_batch in self._batches(x, batch_size)
+        ]
+        return np.concatenate(kl).astype(np.float64)
+
+    def kl_per_dimension(self, x, batch_size: int = 1024):
+        """``KL(q(z_j|x) || N(0, 1))`` averaged over the examples of ``x``: NumPy
+        ``[latent_dim]`` in nats. Dimensions near 0 are unused ("collapsed") by the encoder;
+        the entries sum to the average KL term of the ELBO."""
+        return self._kl_per_dimension(x, batch_size).mean(axis=0)
+
+    def unit_activity(self, x, batch_size: int = 1024):
+        """``A_u = Cov_x(E_{q(z|x)}[z_u])``, the variance over the examples of ``x`` of each
+        posterior mean: NumPy ``[latent_dim]`` (Burda et al. 2016, section 5.2)."""
+        z_means = [self.encode(x_batch)[0].numpy() for _, x_batch in self._batches(x, batch_size)]
+        return np.var(np.concatenate(z_means).astype(np.float64), axis=0)
+
+    def active_units(self, x, threshold: float = 0.01, batch_size: int = 1024) -> int:
+        """The number of active units, those with ``A_u = Cov_x(E_q[z_u]) > threshold``
+        (Burda et al. 2016 use ``threshold = 0.01``)."""
+        return int(np.sum(self.unit_activity(x, batch_size) > threshold))
+
+    # ------------------------------------------------------------------ linear-Gaussian case
+
+    def linear_gaussian_parameters(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(W [d, latent_dim], b [d], sigma)`` of ``p(x|z) = N(W z + b, sigma^2 I)`` as
+        float64, for a VAE built with ``decoder="linear", likelihood="gaussian"``."""
+        if self.decoder_type != "linear" or self.likelihood != "gaussian":
+            raise ValueError(
+                f"decoder={self.decoder_type!r}, likelihood={self.likelihood!r}: only a VAE with "
+                "decoder='linear' and likelihood='gaussian' is a linear-Gaussian model."
+            )
+        layer = self.decoder.get_layer("pixels")
+        kernel, bias = (np.asarray(v, dtype=np.float64) for v in layer.get_weights())
+        return kernel.T, bias, float(np.exp(np.float64(self.log_sigma.numpy())))
+
+
+class KLWarmup(keras.callbacks.Callback):
+    """Ramp the VAE's KL weight linearly over the first ``epochs`` epochs (Sønderby et al. 2016).
+
+    At the start of epoch ``e`` (counted from 0): ``beta_e = target * min(1, (e + 1) / epochs)``,
+    so the first epoch already uses ``target / epochs`` (never 0, which would let the encoder
+    variances shrink without bound) and epochs ``epochs - 1`` onwards use ``target``. The
+    value used is added to the epoch logs as ``"beta"`` (so ``History`` records it). If
+    training stops before the ramp ends, ``beta`` stays where the ramp was.
+
+    Args:
+        epochs: length of the ramp in epochs.
+        target: final ``beta``; ``None`` takes the model's ``beta`` argument.
+    """
+
+    def __init__(self, epochs: int, target: float | None = None):
+        super().__init__()
+        self.epochs = _positive_int(epochs, "epochs")
+        self.target = None if target is None else _positive_float(target, "target", allow_zero=True)
+
+    def beta_at(self, epoch: int, target: float) -> float:
+        return target * min(1.0, (epoch + 1) / self.epochs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        target = self.model.target_beta if self.target is None else self.target
+        self.model.beta.assign(self.beta_at(epoch, target))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["beta"] = float(self.model.beta.numpy())
+
+
+# --------------------------------------------------------------------------- closed forms
+
+
+def _flat(x, name="x") -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim < 2:
+        raise ValueError(f"{name} has shape {x.shape}; expected [n, ...] with at least two axes.")
+    return x.reshape(len(x), -1)
+
+
+def _check_linear_gaussian(x, W, b, sigma):
+    x = _flat(x)
+    W = np.asarray(W, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    if W.ndim != 2 or W.shape[0] != x.shape[1] or b.shape != (x.shape[1],):
+        raise ValueError(
+            f"W {W.shape} and b {b.shape} do not fit x with d = {x.shape[1]} values per "
+            "example: expected W [d, latent_dim] and b [d]."
+        )
+    return x, W, b, _positive_float(float(sigma), "sigma")
+
+
+def linear_gaussian_log_marginal(x, W, b, sigma) -> np.ndarray:
+    """Exact ``log p(x)`` of the linear-Gaussian model, float64 ``[n]``.
+
+    ``p(z) = N(0, I)``, ``p(x|z) = N(W z + b, sigma^2 I)`` integrate to
+    ``p(x) = N(x; b, C)`` with ``C = W W^T + sigma^2 I`` (Tipping and Bishop 1999):
+    ``log p(x) = -1/2 [d log(2 pi) + log det C + (x - b)^T C^{-1} (x - b)]``, computed through
+    the Cholesky factor of ``C``.
+
+    Args:
+        x: ``[n, ...]`` examples, flattened to ``[n, d]``.
+        W: ``[d, latent_dim]``; b: ``[d]``; sigma: noise standard deviation.
+    """
+    x, W, b, sigma = _check_linear_gaussian(x, W, b, sigma)
+    d = x.shape[1]
+    cholesky = np.linalg.cholesky(W @ W.T + sigma**2 * np.eye(d))
+    whitened = np.linalg.solve(cholesky, (x - b).T)  # L^{-1} (x - b): [d, n]
+    log_det = 2.0 * np.sum(np.log(np.diag(cholesky)))
+    return -0.5 * (d * math.log(2 * math.pi) + log_det + np.sum(whitened**2, axis=0))
+
+
+def linear_gaussian_posterior(x, W, b, sigma) -> tuple[np.ndarray, np.ndarray]:
+    """Exact posterior ``p(z|x) = N(mean(x), cov)`` of the linear-Gaussian model, float64.
+
+    By Bayes' rule for Gaussians, with ``M = W^T W + sigma^2 I`` (``[latent_dim, latent_dim]``):
+    ``cov = sigma^2 M^{-1}`` (the same for every ``x``) and ``mean = M^{-1} W^T (x - b)``.
+
+    Returns:
+        ``(mean [n, latent_dim], cov [latent_dim, latent_dim])``.
+    """
+    x, W, b, sigma = _check_linear_gaussian(x, W, b, sigma)
+    M = W.T @ W + sigma**2 * np.eye(W.shape[1])
+    mean = np.linalg.solve(M, W.T @ (x - b).T).T
+    cov = sigma**2 * np.linalg.inv(M)
+    return mean, 0.5 * (cov + cov.T)
+
+
+def linear_gaussian_elbo(x, W, b, sigma, q_mean, q_log_var) -> np.ndarray:
+    """Exact ELBO of a diagonal ``q(z|x) = N(q_mean, diag exp(q_log_var))`` under the
+    linear-Gaussian model, float64 ``[n]``; no sampling.
+
+    With ``s_j^2 = exp(q_log_var_j)`` and ``w_j`` the ``j``-th column of ``W``:
+    ``E_q[log p(x|z)] = -d/2 log(2 pi sigma^2)
+    - [||x - b - W q_mean||^2 + sum_j s_j^2 ||w_j||^2] / (2 sigma^2)``, and
+    ``ELBO = E_q[log p(x|z)] - KL(q || N(0, I))``. It equals
+    ``log p(x) - KL(q || p(z|x))`` exactly.
+
+    Args:
+        x: ``[n, ...]``; W: ``[d, latent_dim]``; b: ``[d]``; sigma: scalar;
+        q_mean, q_log_var: ``[n, latent_dim]``.
+    """
+    x, W, b, sigma = _check_linear_gaussian(x, W, b, sigma)
+    q_mean = np.asarray(q_mean, dtype=np.float64)
+    q_var = np.exp(np.asarray(q_log_var, dtype=np.float64))
+    d = x.shape[1]
+    residual = np.sum((x - b - q_mean @ W.T) ** 2, axis=1)
+    spread = q_var @ np.sum(W**2, axis=0)
+    expected_log_likelihood = (
+        -0.5 * d * math.log(2 * math.pi * sigma**2) - (residual + spread) / (2 * sigma**2)
+    )
+    kl = 0.5 * np.sum(q_mean**2 + q_var - 1.0 - np.log(q_var), axis=1)
+    return expected_log_likelihood - kl
+
+
+def kl_gaussians(mean_q, var_q, mean_p, cov_p) -> np.ndarray:
+    """Exact ``KL(q || p)`` for ``q = N(mean_q, diag var_q)`` and ``p = N(mean_p, cov_p)`` with
+    a full covariance, float64 ``[n]``.
+
+    ``KL = 1/2 [tr(S_p^{-1} S_q) + (m_p - m_q)^T S_p^{-1} (m_p - m_q) - k
+    + log det S_p - log det S_q]``.
+
+    Args:
+        mean_q, var_q: ``[n, k]`` mean and diagonal variances of ``q``.
+        mean_p: ``[n, k]`` (or ``[k]``); cov_p: ``[k, k]`` shared, or ``[n, k, k]``.
+    """
+    mean_q = np.atleast_2d(np.asarray(mean_q, dtype=np.float64))
+    var_q = np.atleast_2d(np.asarray(var_q, dtype=np.float64))
+    mean_p = np.broadcast_to(np.asarray(mean_p, dtype=np.float64), mean_q.shape)
+    cov_p = np.asarray(cov_p, dtype=np.float64)
+    n, k = mean_q.shape
+    if var_q.shape != (n, k) or cov_p.shape[-2:] != (k, k):
+        raise ValueError(
+            f"mean_q {mean_q.shape}, var_q {var_q.shape} and cov_p {cov_p.shape} do not fit: "
+            "expected [n, k], [n, k] and [k, k] or [n, k, k]."
+        )
+    cov_p = np.broadcast_to(cov_p, (n, k, k))
+    cholesky = np.linalg.cholesky(cov_p)
+    log_det_p = 2.0 * np.sum(np.log(np.diagonal(cholesky, axis1=1, axis2=2)), axis=1)
+    inverse = np.linalg.inv(cov_p)
+    trace = np.einsum("nii,ni->n", inverse, var_q)
+    difference = mean_p - mean_q
+    mahalanobis = np.einsum("ni,nij,nj->n", difference, inverse, difference)
+    return 0.5 * (trace + mahalanobis - k + log_det_p - np.sum(np.log(var_q), axis=1))

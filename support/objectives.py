@@ -1,0 +1,208 @@
+"""Objectives of the series: log-likelihoods, KL divergences, the ELBO and the IWAE bound.
+
+Every function here is a pure function of tensors that returns **per-example** values, shape
+``[batch]`` (reduce at the call site: the VAE sums over pixels and averages over the batch).
+"Per-example" means: summed over every axis but the first, so an image
+``x: [batch, height, width, channels]`` gives one number per image.
+
+Notation: ``x`` data, ``z`` latent code, ``q(z|x) = N(z; mu, diag(sigma^2))`` the encoder,
+``p(z) = N(0, I)`` the prior, ``p(x|z)`` the decoder. ``log`` is the natural logarithm, so
+every value is in nats. ``log_var = log sigma^2`` is used rather than ``sigma`` because it is
+unconstrained and its exponential cannot underflow to a zero variance.
+
+GAN losses will live in this module too (a later section).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _cast(value, dtype):
+    """``value`` as a tensor of ``dtype``; Python and NumPy numbers are converted directly, not
+    through float32 (``tf.cast(0.1, tf.float64)`` would keep only float32's digits)."""
+    if isinstance(value, (int, float, list, tuple, np.ndarray, np.generic)):
+        value = np.asarray(value, dtype=dtype.as_numpy_dtype)
+    return tf.cast(value, dtype)
+
+
+def _sum_per_example(values):
+    """``[batch, ...] -> [batch]``: the sum over every axis but the first."""
+    return tf.reduce_sum(tf.reshape(values, (tf.shape(values)[0], -1)), axis=1)
+
+
+# --------------------------------------------------------------------------- likelihoods
+
+
+def gaussian_log_likelihood(x, mean, log_var):
+    """Log-density of ``x`` under a Gaussian with diagonal covariance, summed per example.
+
+    ``log N(x; mean, diag(sigma^2)) = sum_i -1/2 [log(2 pi) + log sigma_i^2
+    + (x_i - mean_i)^2 / sigma_i^2]``, the sum running over every non-batch axis.
+
+    Args:
+        x: ``[batch, ...]`` observations.
+        mean: ``[batch, ...]`` means, the shape of ``x``.
+        log_var: ``log sigma^2``, broadcastable to ``x``: a scalar for one shared variance
+            (``2 * log(sigma)``), or one value per pixel, or per example and pixel.
+
+    Returns:
+        ``[batch]`` log-likelihoods in nats.
+    """
+    x = tf.convert_to_tensor(x)
+    mean = _cast(mean, x.dtype)
+    log_var = _cast(log_var, x.dtype)
+    log_density = -0.5 * (LOG_2PI + log_var + tf.square(x - mean) * tf.exp(-log_var))
+    return _sum_per_example(log_density + tf.zeros_like(x))
+
+
+def bernoulli_log_likelihood(x, logits):
+    """Log-probability of ``x`` under independent Bernoulli pixels given their logits.
+
+    With ``p = sigmoid(l)``: ``log p(x) = sum_i x_i log p_i + (1 - x_i) log(1 - p_i)
+    = sum_i x_i l_i - softplus(l_i)``, computed as minus TensorFlow's sigmoid cross-entropy
+    ``max(l, 0) - l x + log(1 + exp(-|l|))``, which neither overflows for large ``|l|`` nor
+    takes the log of a probability rounded to 0 (as ``log(sigmoid(l))`` does in float32 for
+    ``l < -88``). For ``x`` in (0, 1) (grey levels) this is the continuous cross-entropy, which
+    is not a normalised density: binarize data before reading it as a log-likelihood.
+
+    Args:
+        x: ``[batch, ...]`` pixels in [0, 1] (0 or 1 for a true log-probability).
+        logits: ``[batch, ...]`` decoder outputs ``l``, the shape of ``x``.
+
+    Returns:
+        ``[batch]`` log-likelihoods in nats (``<= 0`` for binary ``x``).
+    """
+    logits = tf.convert_to_tensor(logits)
+    x = _cast(x, logits.dtype)
+    return -_sum_per_example(tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=logits))
+
+
+def log_normal_diag(z, mean, log_var):
+    """Log-density of a diagonal Gaussian, summed over the last axis.
+
+    ``log N(z; mean, diag(exp(log_var))) = sum_j -1/2 [log(2 pi) + log_var_j
+    + (z_j - mean_j)^2 exp(-log_var_j)]``.
+
+    Unlike the likelihoods above this reduces only the **last** axis, so that ``z`` may carry
+    sample axes in front: ``z: [samples, batch, latent_dim]`` with ``mean, log_var:
+    [batch, latent_dim]`` gives ``[samples, batch]``. The prior ``p(z) = N(0, I)`` is
+    ``log_normal_diag(z, 0.0, 0.0)``.
+
+    Args:
+        z: ``[..., latent_dim]`` points.
+        mean, log_var: broadcastable to ``z``.
+
+    Returns:
+        ``z.shape[:-1]`` log-densities.
+    """
+    z = tf.convert_to_tensor(z)
+    mean = _cast(mean, z.dtype)
+    log_var = _cast(log_var, z.dtype)
+    log_density = -0.5 * (LOG_2PI + log_var + tf.square(z - mean) * tf.exp(-log_var))
+    return tf.reduce_sum(log_density + tf.zeros_like(z), axis=-1)
+
+
+# --------------------------------------------------------------------------- KL
+
+
+def kl_per_dimension(z_mean, z_log_var):
+    """KL divergence of each latent coordinate of ``q`` from the standard normal prior.
+
+    ``KL(N(mu_j, sigma_j^2) || N(0, 1)) = 1/2 (mu_j^2 + sigma_j^2 - 1 - log sigma_j^2)``,
+    zero exactly when ``mu_j = 0`` and ``sigma_j = 1`` (the coordinate carries no information
+    about ``x``: an inactive unit).
+
+    Args:
+        z_mean: ``[batch, latent_dim]`` ``mu``.
+        z_log_var: ``[batch, latent_dim]`` ``log sigma^2``.
+
+    Returns:
+        ``[batch, latent_dim]`` non-negative KL values in nats.
+    """
+    z_mean = tf.convert_to_tensor(z_mean)
+    z_log_var = _cast(z_log_var, z_mean.dtype)
+    return 0.5 * (tf.square(z_mean) + tf.exp(z_log_var) - 1.0 - z_log_var)
+
+
+def kl_diagonal_gaussian_standard_normal(z_mean, z_log_var):
+    """``KL(N(mu, diag sigma^2) || N(0, I))``, summed over the latent dimensions.
+
+    ``KL = 1/2 sum_j (mu_j^2 + sigma_j^2 - 1 - log sigma_j^2)`` (Kingma and Welling 2014,
+    appendix B): the analytic form of ``E_q[log q(z|x) - log p(z)]``.
+
+    Args:
+        z_mean: ``[batch, latent_dim]`` ``mu``.
+        z_log_var: ``[batch, latent_dim]`` ``log sigma^2``.
+
+    Returns:
+        ``[batch]`` KL divergences in nats, ``>= 0``.
+    """
+    return tf.reduce_sum(kl_per_dimension(z_mean, z_log_var), axis=-1)
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def elbo(reconstruction_log_likelihood, kl, beta=1.0):
+    """The evidence lower bound, per example.
+
+    ``ELBO(x) = E_{q(z|x)}[log p(x|z)] - beta * KL(q(z|x) || p(z)) <= log p(x)`` for
+    ``beta = 1``, with equality iff ``q(z|x)`` is the true posterior ``p(z|x)``: indeed
+    ``log p(x) - ELBO(x) = KL(q(z|x) || p(z|x))``. The VAE minimises ``-ELBO``, the
+    "reconstruction" ``-E_q[log p(x|z)]`` plus ``beta`` times the "rate" ``KL``; ``beta != 1``
+    gives the beta-VAE objective (Higgins et al. 2017), no longer a bound on ``log p(x)`` for
+    ``beta < 1``.
+
+    Args:
+        reconstruction_log_likelihood: ``[batch]`` ``E_q[log p(x|z)]``, usually a Monte Carlo
+            estimate with ``z = mu + sigma * eps`` (one sample during training).
+        kl: ``[batch]`` ``KL(q(z|x) || p(z))``, e.g. from
+            :func:`kl_diagonal_gaussian_standard_normal`.
+        beta: weight of the KL term (a float or a scalar tensor, such as a warm-up variable).
+
+    Returns:
+        ``[batch]`` ELBO values in nats.
+    """
+    reconstruction_log_likelihood = tf.convert_to_tensor(reconstruction_log_likelihood)
+    kl = _cast(kl, reconstruction_log_likelihood.dtype)
+    return reconstruction_log_likelihood - _cast(beta, kl.dtype) * kl
+
+
+def log_importance_weights(log_px_given_z, log_pz, log_qz):
+    """``log w = log p(x|z) + log p(z) - log q(z|x)``, elementwise.
+
+    ``w = p(x, z) / q(z|x)`` is the importance weight of a sample ``z ~ q(z|x)``:
+    ``E_q[w] = p(x)`` exactly and ``E_q[log w] = ELBO(x)``.
+
+    Args:
+        log_px_given_z, log_pz, log_qz: tensors of one shape, e.g. ``[k, batch]``.
+    """
+    return log_px_given_z + log_pz - log_qz
+
+
+def iwae_bound(log_weights, axis=0):
+    """The importance-weighted bound (Burda et al. 2016): log-mean-exp over ``k`` samples.
+
+    ``L_k(x) = log (1/k) sum_{i=1..k} w_i = logsumexp_i(log w_i) - log k`` with
+    ``z_i ~ q(z|x)`` independent. ``E[L_1] = ELBO``, ``E[L_k] <= E[L_{k+1}] <= log p(x)`` and
+    ``L_k -> log p(x)`` as ``k -> infinity``; ``-L_k`` for large ``k`` is the importance-sampled
+    estimate of the negative log-likelihood. The log-sum-exp is taken after subtracting the
+    maximum, so weights of ``exp(-1000)`` do not underflow.
+
+    Args:
+        log_weights: ``[k, batch]`` log importance weights (see
+            :func:`log_importance_weights`), the sample axis first by default.
+        axis: the sample axis.
+
+    Returns:
+        ``[batch]`` (``log_weights`` without ``axis``) bound values in nats.
+    """
+    log_weights = tf.convert_to_tensor(log_weights)
+    k = tf.cast(tf.shape(log_weights)[axis], log_weights.dtype)
+    return tf.reduce_logsumexp(log_weights, axis=axis) - tf.math.log(k)

@@ -1,0 +1,251 @@
+"""support.metrics: PCA against its closed forms, principal angles against known geometry,
+probes and mutual information against known answers."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+from sklearn.feature_selection import mutual_info_classif
+
+from support.metrics import (
+    knn_accuracy,
+    linear_probe_accuracy,
+    mutual_information,
+    pca,
+    pca_reconstruction_mse,
+    principal_angles,
+    reconstruction_mse,
+)
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Correlated Gaussian data [500, 4, 4, 1] with distinct variances along known axes."""
+    rng = np.random.default_rng(0)
+    rotation, _ = np.linalg.qr(rng.normal(size=(16, 16)))
+    scales = np.linspace(3.0, 0.1, 16)
+    x = (rng.normal(size=(500, 16)) * scales) @ rotation.T + 0.5
+    return x.reshape(500, 4, 4, 1)
+
+
+def test_pca_components_are_orthonormal_sorted_eigenvectors(data):
+    fitted = pca(data, 5)
+    x = data.reshape(len(data), -1)
+    np.testing.assert_allclose(fitted.mean, x.mean(axis=0))
+    np.testing.assert_allclose(fitted.components @ fitted.components.T, np.eye(5), atol=1e-12)
+    assert np.all(np.diff(fitted.eigenvalues) <= 0)
+    covariance = np.cov(x, rowvar=False, bias=True)
+    np.testing.assert_allclose(
+        fitted.components @ covariance, fitted.eigenvalues[:5, None] * fitted.components, atol=1e-10
+    )
+    np.testing.assert_allclose(fitted.eigenvalues.sum(), np.trace(covariance))
+
+
+def test_pca_training_mse_is_discarded_variance_over_d(data):
+    eigenvalues = pca(data, 1).eigenvalues
+    for k in (1, 4, 15, 16):
+        expected = eigenvalues[k:].sum() / 16
+        assert pca_reconstruction_mse(data, data, k) == pytest.approx(expected, abs=1e-12)
+
+
+def test_pca_recovers_a_planted_subspace_and_reconstructs_it_exactly():
+    rng = np.random.default_rng(1)
+    basis, _ = np.linalg.qr(rng.normal(size=(10, 3)))
+    x = rng.normal(size=(200, 3)) @ basis.T + 2.0
+    fitted = pca(x, 3)
+    assert principal_angles(fitted.components.T, basis).max() < 1e-6
+    x_test = rng.normal(size=(50, 3)) @ basis.T + 2.0
+    assert pca_reconstruction_mse(x, x_test, 3) == pytest.approx(0.0, abs=1e-20)
+
+
+def test_pca_test_mse_of_isotropic_noise_is_the_discarded_fraction():
+    # Any k-dimensional projection keeps k/d of isotropic variance: (1 - k/d) / 12 for U(0, 1).
+    rng = np.random.default_rng(2)
+    x_train, x_test = rng.random((2000, 50)), rng.random((20000, 50))
+    assert pca_reconstruction_mse(x_train, x_test, 10) == pytest.approx((1 - 10 / 50) / 12, rel=0.01)
+
+
+def test_pca_rejects_bad_k(data):
+    with pytest.raises(ValueError, match="k=17"):
+        pca(data, 17)
+    with pytest.raises(ValueError, match="k=0"):
+        pca(data, 0)
+
+
+def test_principal_angles_of_a_subspace_with_itself_are_zero():
+    a = np.random.default_rng(3).normal(size=(20, 4))
+    np.testing.assert_allclose(principal_angles(a, a @ np.diag([2.0, -1.0, 0.5, 3.0])), 0, atol=1e-6)
+
+
+def test_principal_angles_of_orthogonal_subspaces_are_ninety():
+    eye = np.eye(6)
+    np.testing.assert_allclose(principal_angles(eye[:, :2], eye[:, 2:5]), [90, 90], atol=1e-12)
+
+
+def test_principal_angles_of_a_known_rotation():
+    # span{e0, e1} against span{e0, cos t e1 + sin t e2}: angles 0 and t.
+    eye = np.eye(5)
+    for degrees in (0.01, 5.0, 30.0, 60.0, 89.0):
+        t = np.radians(degrees)
+        b = np.stack([eye[0], np.cos(t) * eye[1] + np.sin(t) * eye[2]], axis=1)
+        np.testing.assert_allclose(principal_angles(eye[:, :2], b), [0, degrees], atol=1e-9)
+
+
+def test_principal_angles_match_scipy_and_are_symmetric():
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(12, 3)), rng.normal(size=(12, 5))
+    expected = np.sort(np.degrees(scipy.linalg.subspace_angles(a, b)))
+    np.testing.assert_allclose(principal_angles(a, b), expected, atol=1e-10)
+    np.testing.assert_allclose(principal_angles(b, a), expected, atol=1e-10)
+
+
+def test_principal_angles_reject_mismatched_shapes():
+    with pytest.raises(ValueError, match="same d"):
+        principal_angles(np.ones((4, 2)), np.ones((5, 2)))
+
+
+def test_reconstruction_mse_of_a_callable():
+    x = np.full((3, 2, 2, 1), 0.5)
+    assert reconstruction_mse(lambda v: v * 0.0, x) == pytest.approx(0.25)
+    assert reconstruction_mse(lambda v: v, x) == 0.0
+    with pytest.raises(ValueError, match="shape"):
+        reconstruction_mse(lambda v: v[:, 0], x)
+
+
+def test_directions_from_decoder_undo_any_invertible_mixing():
+    from support.metrics import direction_angles, directions_from_decoder, pca
+
+    rng = np.random.default_rng(0)
+    scales = np.array([5.0, 3.0, 2.0, 0.3, 0.2, 0.1])
+    x = rng.standard_normal((4000, 6)) * scales @ np.linalg.qr(rng.standard_normal((6, 6)))[0]
+    fitted = pca(x, 3)
+    mixing = rng.standard_normal((3, 3))  # what an unregularised linear AE may learn
+    weight = mixing @ fitted.components
+    singular, directions = directions_from_decoder(weight, x)
+    assert direction_angles(directions, fitted.components).max() < 1e-6
+    assert direction_angles(singular, fitted.components).max() > 1.0  # the SVD alone is not enough
+    np.testing.assert_allclose(direction_angles(fitted.components, -fitted.components), 0.0,
+                               atol=1e-6)
+
+
+# --------------------------------------------------------------------------- representations
+
+
+def split(z, y, n_train):
+    return z[:n_train], y[:n_train], z[n_train:], y[n_train:]
+
+
+def clusters(n=600, classes=4, dims=3, seed=0):
+    """Well separated Gaussian clusters: centres 10 apart, standard deviation 0.5."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    centres = 10.0 * rng.normal(size=(classes, dims))
+    return centres[y] + 0.5 * rng.normal(size=(n, dims)), y
+
+
+def test_separable_clusters_are_read_perfectly_by_probe_and_knn():
+    z, y = clusters()
+    assert linear_probe_accuracy(*split(z, y, 400)) == 1.0
+    assert knn_accuracy(*split(z, y, 400)) == 1.0
+    assert knn_accuracy(*split(z, y, 400), k=1, standardize=True) == 1.0
+
+
+def test_labels_independent_of_the_features_give_chance_accuracy():
+    rng = np.random.default_rng(1)
+    z, y = rng.normal(size=(4000, 5)), rng.integers(0, 10, 4000)
+    # 2000 test examples: the standard error of an accuracy near 0.1 is 0.007.
+    assert linear_probe_accuracy(*split(z, y, 2000)) == pytest.approx(0.1, abs=0.03)
+    assert knn_accuracy(*split(z, y, 2000), k=15) == pytest.approx(0.1, abs=0.03)
+
+
+def test_probe_is_linear_and_knn_is_not_concentric_circles():
+    # The label is the radius: no hyperplane separates the rings, neighbours always agree.
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 1000)
+    angle = rng.uniform(0, 2 * np.pi, 1000)
+    radius = 1.0 + y + 0.05 * rng.normal(size=1000)
+    z = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
+    assert linear_probe_accuracy(*split(z, y, 600)) < 0.65
+    assert knn_accuracy(*split(z, y, 600)) == 1.0
+
+
+def test_probe_ignores_the_scale_of_features():
+    z, y = clusters(dims=2, seed=3)
+    scaled = z * [1e-4, 1e4]
+    assert linear_probe_accuracy(*split(scaled, y, 400)) == linear_probe_accuracy(*split(z, y, 400))
+
+
+def test_probe_and_knn_flatten_images_and_validate():
+    z, y = clusters(dims=4)
+    images = z.reshape(-1, 2, 2, 1)
+    assert knn_accuracy(*split(images, y, 400)) == 1.0
+    with pytest.raises(ValueError, match="y_train has shape"):
+        linear_probe_accuracy(z[:400], y[:399], z[400:], y[400:])
+    with pytest.raises(ValueError, match="features per example"):
+        knn_accuracy(z[:400], y[:400], z[400:, :3], y[400:])
+    with pytest.raises(ValueError, match="k=401"):
+        knn_accuracy(*split(z, y, 400), k=401)
+    with pytest.raises(ValueError, match="C=0"):
+        linear_probe_accuracy(*split(z, y, 400), C=0)
+    with pytest.raises(ValueError, match="single class"):
+        linear_probe_accuracy(z[:400], np.zeros(400), z[400:], y[400:])
+    bad = z.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="z_train holds NaN"):
+        linear_probe_accuracy(*split(bad, y, 400))
+
+
+def test_mutual_information_of_a_deterministic_binary_label_is_log_2():
+    z = np.random.default_rng(4).normal(size=2000)
+    y = (z > 0).astype(int)
+    assert mutual_information(z, y) == pytest.approx(np.log(2), abs=0.01)
+    assert mutual_information(z, y, units="bits") == pytest.approx(1.0, abs=0.015)
+
+
+def test_mutual_information_of_ten_equal_bins_is_log_10():
+    z = np.random.default_rng(5).uniform(size=3000)
+    assert mutual_information(z, np.floor(10 * z).astype(int)) == pytest.approx(np.log(10), abs=0.02)
+
+
+def test_mutual_information_of_independent_labels_is_zero():
+    rng = np.random.default_rng(6)
+    z, y = rng.normal(size=(2000, 5)), rng.integers(0, 10, 2000)
+    assert 0.0 <= mutual_information(z, y) < 0.02
+    assert np.all(mutual_information(z, y, per_dimension=True) < 0.02)
+
+
+def test_per_dimension_sum_is_not_the_joint_information():
+    rng = np.random.default_rng(7)
+    # XOR: each coordinate alone says nothing, both together say everything.
+    z = rng.normal(size=(4000, 2))
+    y = ((z[:, 0] > 0) ^ (z[:, 1] > 0)).astype(int)
+    assert np.all(mutual_information(z, y, per_dimension=True) < 0.02)
+    assert mutual_information(z, y) == pytest.approx(np.log(2), abs=0.05)  # measured 0.665
+    # Two copies of one feature: the per-dimension sum exceeds H(y) = log 2, the joint does not.
+    t = rng.normal(size=2000)
+    y = (t > 0).astype(int)
+    copies = np.stack([t, t], axis=1)
+    assert mutual_information(copies, y, per_dimension=True).sum() > 1.9 * np.log(2)
+    assert mutual_information(copies, y) == pytest.approx(np.log(2), abs=0.01)
+
+
+def test_per_dimension_information_matches_scikit_learn():
+    rng = np.random.default_rng(8)
+    y = rng.integers(0, 3, 1000)
+    z = rng.normal(size=(1000, 3)) + np.stack([y, 0.3 * y, 0 * y], axis=1)
+    expected = mutual_info_classif(z, y, n_neighbors=3, random_state=0)
+    np.testing.assert_allclose(mutual_information(z, y, per_dimension=True), expected, atol=1e-9)
+
+
+def test_mutual_information_is_invariant_to_scaling_features():
+    z, y = clusters(dims=3, seed=9)
+    assert mutual_information(z * [1e-3, 1.0, 1e3], y) == pytest.approx(mutual_information(z, y), rel=1e-6)
+
+
+def test_mutual_information_validates():
+    z = np.zeros((10, 2))
+    with pytest.raises(ValueError, match="units='bans'"):
+        mutual_information(z, np.zeros(10), units="bans")
+    with pytest.raises(ValueError, match="n_neighbors=0"):
+        mutual_information(z, np.zeros(10), n_neighbors=0)
+    with pytest.raises(ValueError, match=r"y has shape \(9,\)"):
+        mutual_information(z, np.zeros(9))
