@@ -403,3 +403,43 @@ def dataset(
 
         data = data.map(sample, num_parallel_calls=tf.data.AUTOTUNE)
     return data.prefetch(tf.data.AUTOTUNE)
+
+
+# --------------------------------------------------------------------------- corruption (denoising)
+
+CORRUPTIONS = ("gaussian", "masking")
+
+
+def corrupt(x: np.ndarray, noise: str = "gaussian", level: float = 0.3, seed: int = 0) -> np.ndarray:
+    """A corrupted copy of ``x`` in [0, 1], as a denoising autoencoder sees its input
+    (Vincent et al. 2008, 2010): ``"gaussian"`` adds N(0, level^2) to every pixel and clips to
+    [0, 1]; ``"masking"`` sets each pixel to 0 with probability ``level``."""
+    if noise not in CORRUPTIONS:
+        raise ValueError(f"noise={noise!r} is not allowed; choose one of {', '.join(CORRUPTIONS)}.")
+    if not 0 <= level <= 1:
+        raise ValueError(f"level={level!r} must be between 0 and 1.")
+    rng = np.random.default_rng(seed)
+    if noise == "gaussian":
+        return np.clip(x + level * rng.standard_normal(x.shape), 0, 1).astype(np.float32)
+    return (x * (rng.random(x.shape) >= level)).astype(np.float32)
+
+
+def noisy_pairs(x: np.ndarray, *, noise: str = "gaussian", level: float = 0.3,
+                batch_size: int = 128, seed: int = 0):
+    """An endless ``tf.data.Dataset`` of ``(corrupted, clean)`` batches for training a denoising
+    autoencoder with ``fit``: a fresh permutation and a fresh corruption every epoch (the same
+    corruption as :func:`corrupt`). Pass ``steps_per_epoch=ceil(n / batch_size)`` to ``fit``."""
+    import tensorflow as tf
+
+    corrupt(x[:1], noise, level)  # validates noise and level
+    data = tf.data.Dataset.from_tensor_slices(x.astype(np.float32))
+    data = data.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+
+    def pair(clean):
+        if noise == "gaussian":
+            noisy = tf.clip_by_value(clean + level * tf.random.normal(tf.shape(clean)), 0.0, 1.0)
+        else:
+            noisy = clean * tf.cast(tf.random.uniform(tf.shape(clean)) >= level, clean.dtype)
+        return noisy, clean
+
+    return data.map(pair, num_parallel_calls=tf.data.AUTOTUNE).repeat().prefetch(tf.data.AUTOTUNE)

@@ -40,10 +40,10 @@ import numpy as np
 class Param:
     """One notebook parameter: its type, default, what it does, and what values are allowed.
 
-    ``type`` is ``int``, ``float``, ``str``, ``bool`` or ``list`` (a list of ints, each checked
-    against ``low``/``high``; the text ``"[2, 8]"``, as papermill's ``-p`` passes it, is read
-    as YAML). Bounds are inclusive. ``kind="dir"`` marks a folder path: it
-    must be non-empty and must not name an existing file.
+    ``type`` is ``int``, ``float``, ``str``, ``bool`` or ``list`` (a list of ``item`` values,
+    ints by default, each checked against ``low``/``high``; the text ``"[2, 8]"``, as
+    papermill's ``-p`` passes it, is read as YAML). Bounds are inclusive. ``kind="dir"`` marks
+    a folder path: it must be non-empty and must not name an existing file.
     """
 
     name: str
@@ -54,12 +54,13 @@ class Param:
     low: float | None = None
     high: float | None = None
     kind: str | None = None
+    item: type = int
 
     def allowed(self) -> str:
         if self.choices is not None:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         noun = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-                list: "a list of integers"}[self.type]
+                list: f"a list of {'numbers' if self.item is float else 'integers'}"}[self.type]
         if self.kind == "dir":
             return "a non-empty folder path that is not an existing file"
         if self.low is not None and self.high is not None:
@@ -105,11 +106,12 @@ class Param:
                 value = _parse_list(value)
             if not isinstance(value, (list, tuple)) or not value:
                 fail()
+            kinds = (int, np.integer, float, np.floating) if self.item is float else (int, np.integer)
             for item in value:
-                ok = isinstance(item, (int, np.integer)) and not isinstance(item, bool)
-                if not ok or not self._in_range(item):
+                ok = isinstance(item, kinds) and not isinstance(item, (bool, np.bool_))
+                if not ok or not self._in_range(item) or not math.isfinite(item):
                     fail(f" (element {item!r})")
-            return [int(v) for v in value]
+            return [self.item(v) for v in value]
         if self.choices is not None and value not in self.choices:
             fail()
         if self.type in (int, float) and not self._in_range(value):
@@ -163,6 +165,52 @@ SCHEMAS: dict[str, tuple[Param, ...]] = {
               low=1, high=5000),
         Param("learning_rate", float, 0.003, "their peak Adam rate", low=1e-6, high=1.0),
         Param("batch_size", int, 64, "examples per gradient step", low=1, high=60_000),
+        SEED,
+        RESULTS_DIR,
+    ),
+    "02_mse_objective": (
+        DATASET,
+        Param("latent_dim", int, 8, "size of the code z", low=1, high=256),
+        Param("epochs", int, 100, "passes over the training set", low=1, high=5000),
+        Param("batch_size", int, 64, "examples per gradient step", low=1, high=60_000),
+        Param("learning_rate", float, 0.003, "peak Adam learning rate", low=1e-6, high=1.0),
+        Param("noise", float, 0.3, "corruption level of the denoising autoencoders", low=0.0,
+              high=1.0),
+        Param("small_train_size", int, 100, "training images of the overfitting experiment",
+              low=10, high=60_000),
+        Param("code_sizes", list, [2, 8, 32], "code sizes of the architecture sweep", low=1,
+              high=256),
+        Param("depths", list, [1, 2, 3], "hidden layers per side in the sweep", low=0, high=3),
+        Param("sweep_epochs", int, 50, "passes for each model of the sweep", low=1, high=5000),
+        Param("train_size", int, 0, "first N training images (0: all)", low=0, high=60_000),
+        SEED,
+        RESULTS_DIR,
+    ),
+    "03_vae_elbo": (
+        DATASET,
+        Param("latent_dim", int, 8, "size of the code z", low=1, high=256),
+        Param("encoder", str, "dense", "encoder and decoder type", choices=("dense", "conv")),
+        Param("widths", list, [128, 64], "hidden widths of the dense encoder", low=1,
+              high=4096),
+        Param("likelihood", str, "bernoulli", "the decoder's distribution p(x|z)",
+              choices=("bernoulli", "gaussian")),
+        Param("binarization", str, "dynamic", "how images become black and white",
+              choices=("dynamic", "static")),
+        Param("beta", float, 1.0, "weight of the KL term", low=0.0, high=100.0),
+        Param("kl_warmup_epochs", int, 20, "epochs of the KL warm-up (0: none)", low=0,
+              high=5000),
+        Param("epochs", int, 200, "passes over the training set", low=1, high=5000),
+        Param("batch_size", int, 64, "examples per gradient step", low=1, high=60_000),
+        Param("learning_rate", float, 0.001, "Adam learning rate", low=1e-6, high=1.0),
+        Param("nll_samples", int, 5000, "importance samples k of the test NLL", low=1,
+              high=100_000),
+        Param("betas", list, [0.25, 0.5, 1.0, 2.0, 4.0], "KL weights of the sweep", low=0.0,
+              high=100.0, item=float),
+        Param("sweep_epochs", int, 60, "passes for each smaller comparison run", low=1,
+              high=5000),
+        Param("linear_epochs", int, 100, "passes for the linear-Gaussian VAE", low=1, high=5000),
+        Param("train_size", int, 0, "first N training images (0: all)", low=0, high=60_000),
+        Param("test_size", int, 0, "first N test images to score (0: all)", low=0, high=10_000),
         SEED,
         RESULTS_DIR,
     ),
@@ -356,7 +404,7 @@ def flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def format_value(value: Any) -> str:
-    if isinstance(value, float):
+    if isinstance(value, (float, np.floating)):
         return f"{value:.4g}"
     if isinstance(value, list):
         return "[" + ", ".join(format_value(v) for v in value) + "]"

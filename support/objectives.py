@@ -206,3 +206,45 @@ def iwae_bound(log_weights, axis=0):
     log_weights = tf.convert_to_tensor(log_weights)
     k = tf.cast(tf.shape(log_weights)[axis], log_weights.dtype)
     return tf.reduce_logsumexp(log_weights, axis=axis) - tf.math.log(k)
+
+
+def reparameterization_gradients(f, mean, log_var, samples: int, seed: int = 0):
+    """Single-sample reparameterization estimates of ``d/d mean E_{z~q}[f(z)]``.
+
+    ``q = N(mean, diag(exp(log_var)))``. Writing ``z = mean + sigma * epsilon`` with
+    ``epsilon ~ N(0, I)`` moves the randomness out of the parameters, so
+    ``d/d mean E_q[f(z)] = E_epsilon[f'(mean + sigma * epsilon)]`` (Kingma and Welling 2014):
+    each sample's gradient is taken by automatic differentiation through ``z``.
+
+    Args:
+        f: maps ``z: [samples, dim]`` to ``[samples]`` (one value per sample).
+        mean, log_var: ``[dim]`` parameters of ``q``.
+        samples: number of independent single-sample estimates.
+
+    Returns:
+        ``[samples, dim]``: one unbiased gradient estimate per row.
+    """
+    mean = tf.convert_to_tensor(mean, tf.float64)
+    log_var = tf.convert_to_tensor(log_var, tf.float64)
+    epsilon = tf.random.stateless_normal([samples, mean.shape[0]], [seed, 0], dtype=tf.float64)
+    means = tf.tile(mean[None], [samples, 1])  # one copy per sample: per-sample gradients
+    with tf.GradientTape() as tape:
+        tape.watch(means)
+        values = f(means + tf.exp(0.5 * log_var) * epsilon)
+    return tape.gradient(values, means)
+
+
+def score_function_gradients(f, mean, log_var, samples: int, seed: int = 0):
+    """Single-sample score-function (REINFORCE) estimates of ``d/d mean E_{z~q}[f(z)]``.
+
+    ``d/d mean E_q[f(z)] = E_q[f(z) * d/d mean log q(z)]`` with
+    ``d/d mean log q(z) = (z - mean) / sigma^2`` (Williams 1992): it needs only values of
+    ``f``, not its gradient, and pays for that with a much larger variance. Same arguments and
+    return shape as :func:`reparameterization_gradients`, and the same ``z`` for a given seed.
+    """
+    mean = tf.convert_to_tensor(mean, tf.float64)
+    log_var = tf.convert_to_tensor(log_var, tf.float64)
+    epsilon = tf.random.stateless_normal([samples, mean.shape[0]], [seed, 0], dtype=tf.float64)
+    z = mean + tf.exp(0.5 * log_var) * epsilon
+    score = (z - mean) / tf.exp(log_var)
+    return f(z)[:, None] * score

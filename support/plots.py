@@ -240,3 +240,28 @@ def architecture(
         ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def latent_manifold(decode, *, n: int = 15, image_shape=(8, 8, 1), title: str | None = None):
+    """The images a decoder draws over a 2-D code space: ``decode(z)`` on an ``n x n`` grid of
+    ``z`` placed at the quantiles 5 % .. 95 % of N(0, 1) along each axis, so that each cell
+    covers the same prior probability (Kingma and Welling 2014, figure 4)."""
+    from scipy.stats import norm
+
+    ticks = norm.ppf(np.linspace(0.05, 0.95, n))
+    grid = np.array([[z1, z2] for z2 in ticks[::-1] for z1 in ticks], dtype=np.float32)
+    images = np.asarray(decode(grid))[..., 0]
+    # a one-pixel white margin around each image keeps neighbouring cells apart
+    images = np.pad(images, ((0, 0), (1, 1), (1, 1)))
+    height, width = image_shape[0] + 2, image_shape[1] + 2
+    canvas = images.reshape(n, n, height, width).transpose(0, 2, 1, 3).reshape(n * height, n * width)
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    positions = (np.arange(n) + 0.5) * width
+    ax.set_xticks(positions[:: max(1, n // 5)], [f"{t:.1f}" for t in ticks[:: max(1, n // 5)]])
+    ax.set_yticks(positions[:: max(1, n // 5)], [f"{t:.1f}" for t in ticks[::-1][:: max(1, n // 5)]])
+    ax.set_xlabel("$z_1$")
+    ax.set_ylabel("$z_2$")
+    ax.set_title(title or "Decoded means over the code space")
+    fig.tight_layout()
+    return fig

@@ -204,14 +204,14 @@ def _all_finite(weights) -> bool:
     return all(np.isfinite(w).all() for w in weights)
 
 
-def _diverged(model, good_weights, what, epoch, step, steps_per_epoch, loss, history=None, exact=True):
+def _diverged(model, optimizer, good_weights, what, epoch, step, steps_per_epoch, loss, history=None,
+              exact=True):
     """Put ``good_weights`` back into ``model`` and return the :class:`TrainingDiverged` to raise."""
     model.set_weights(good_weights)
     restored = (
         f"The weights are back to those at the end of epoch {epoch - 1}."
         if epoch else "The weights are back to the initial ones."
     )
-    optimizer = getattr(model, "optimizer", None)
     try:
         rate = f"learning_rate={float(optimizer.learning_rate):.3g}"
     except (AttributeError, TypeError, ValueError):
@@ -318,6 +318,9 @@ def train_loop(
     loss and weights were all finite (the initial weights in epoch 0) and
     :class:`TrainingDiverged` is raised, naming the epoch and step. The optimizer's state
     (Adam's moments, the step counter) is not restored: continue with a fresh optimizer.
+    A bounded output hides divergence from this guard: with a sigmoid output the squared error
+    stays below 1, so a far too large learning rate (SGD at 1e4 on the digits) saturates the
+    network (loss stuck near 0.45, six times the mean image's) instead of making it NaN.
 
     Args:
         model: an autoencoder with ``encoder`` and ``decoder`` sub-models
@@ -414,7 +417,7 @@ def train_loop(
                 x = next(data)  # 2. sample a mini-batch (a fresh permutation every epoch)
                 loss = float(train_step(x))
                 if not math.isfinite(loss):  # the NaN guard: one clear error, finite weights
-                    raise _diverged(model, good_weights, f"the loss became {loss}", epoch, step,
+                    raise _diverged(model, optimizer, good_weights, f"the loss became {loss}", epoch, step,
                                     steps_per_epoch, loss, history)
                 batch_losses.append(loss)
             logs = {"loss": float(np.mean(batch_losses))}
@@ -424,7 +427,7 @@ def train_loop(
                 history[key].append(value)
             weights = model.get_weights()
             if not _all_finite(weights):  # a finite loss can still leave inf weights behind
-                raise _diverged(model, good_weights, "the weights became infinite or NaN", epoch,
+                raise _diverged(model, optimizer, good_weights, "the weights became infinite or NaN", epoch,
                                 steps_per_epoch - 1, steps_per_epoch, math.inf, history)
             good_weights = weights
             for hook in hooks:
@@ -477,7 +480,7 @@ class StopOnNaN(keras.callbacks.Callback):
         if not bad_loss and (weights is None or _all_finite(weights)):
             return
         what = f"the loss became {float(loss)}" if bad_loss else "the weights became infinite or NaN"
-        raise _diverged(self.model, self._good_weights, what, self._epoch, step,
+        raise _diverged(self.model, self.model.optimizer, self._good_weights, what, self._epoch, step,
                         self.params.get("steps") or "?", float(loss) if bad_loss else math.inf,
                         exact=False)
 

@@ -218,3 +218,20 @@ def test_dataset_batches_and_dynamic_binarization():
     np.testing.assert_array_equal(plain, x)
     with pytest.raises(ValueError, match="binarization='soft'"):
         data.dataset(x, binarization="soft")
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "masking"])
+def test_corruption_for_denoising(noise):
+    x, _ = data.load("digits", "test")
+    noisy = data.corrupt(x, noise, 0.3, seed=1)
+    assert noisy.shape == x.shape and noisy.min() >= 0 and noisy.max() <= 1
+    if noise == "masking":
+        kept = noisy[x > 0] / x[x > 0]
+        assert set(np.unique(kept)) <= {0.0, 1.0} and abs((kept == 0).mean() - 0.3) < 0.02
+    else:
+        assert 0.05 < np.mean((noisy - x) ** 2) < 0.09  # clipping shrinks 0.3^2 = 0.09
+    noisy_batch, clean_batch = next(iter(data.noisy_pairs(x, noise=noise, level=0.3, batch_size=50)))
+    assert noisy_batch.shape == clean_batch.shape == (50, 8, 8, 1)
+    assert not np.array_equal(noisy_batch.numpy(), clean_batch.numpy())
+    with pytest.raises(ValueError, match="noise='salt'"):
+        data.corrupt(x, "salt")

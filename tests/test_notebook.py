@@ -19,6 +19,7 @@ RATE = Param("learning_rate", float, 1e-3, "step size", low=1e-6, high=1.0)
 NAME = Param("dataset", str, "digits", "the data set", choices=("digits", "mnist"))
 DIRECTORY = Param("results_dir", str, "results", "output folder", kind="dir")
 SIZES = Param("latent_dims", list, [2, 8], "code sizes", low=1, high=64)
+BETAS = Param("betas", list, [0.5, 1.0], "KL weights", low=0.0, high=100.0, item=float)
 
 
 @pytest.mark.parametrize(
@@ -31,6 +32,7 @@ SIZES = Param("latent_dims", list, [2, 8], "code sizes", low=1, high=64)
         (NAME, "mnist", "mnist"),
         (SIZES, (2, 16), [2, 16]),
         (SIZES, "[2, 16]", [2, 16]),
+        (BETAS, "[0.25, 1, 4]", [0.25, 1.0, 4.0]),
         (DIRECTORY, "out/here", "out/here"),
     ],
 )
@@ -53,6 +55,8 @@ def test_good_values_pass(param, value, expected):
         (SIZES, [], "a list of integers from 1 to 64"),
         (SIZES, "[2, eight]", "a list of integers from 1 to 64"),
         (SIZES, "2, 8", "a list of integers from 1 to 64"),
+        (SIZES, [2.0, 8], "a list of integers from 1 to 64"),
+        (BETAS, [1.0, -1.0], "a list of numbers from 0.0 to 100.0"),
         (DIRECTORY, "", "a non-empty folder path"),
     ],
 )

@@ -164,3 +164,23 @@ def test_iwae_bound_climbs_towards_the_exact_log_likelihood_of_a_conjugate_model
     np.testing.assert_allclose(bounds[0], log_px - kl_to_posterior, atol=0.05)
     assert np.all(bounds[0] < bounds[1]) and np.all(bounds[1] < bounds[2])
     assert np.all(bounds[2] <= log_px + 1e-3) and np.all(log_px - bounds[2] < 0.02)
+
+
+def test_gradient_estimators_are_unbiased_and_reparameterization_has_less_variance():
+    from support.objectives import reparameterization_gradients, score_function_gradients
+
+    target = tf.constant([2.0, -1.0], tf.float64)
+
+    def f(z):  # E_q[f] = |mean - target|^2 + sum(sigma^2): gradient 2 (mean - target)
+        return tf.reduce_sum((z - target) ** 2, axis=-1)
+
+    mean, log_var = np.array([0.5, 0.0]), np.log([0.5, 2.0])
+    truth = 2 * (mean - target.numpy())
+    n = 20_000
+    for estimator in (reparameterization_gradients, score_function_gradients):
+        g = estimator(f, mean, log_var, n, seed=3).numpy()
+        standard_error = g.std(axis=0) / np.sqrt(n)
+        assert np.all(np.abs(g.mean(axis=0) - truth) < 3 * standard_error + 1e-12)
+    ratio = (score_function_gradients(f, mean, log_var, n).numpy().var(axis=0)
+             / reparameterization_gradients(f, mean, log_var, n).numpy().var(axis=0))
+    assert np.all(ratio > 3)

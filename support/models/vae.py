@@ -672,3 +672,47 @@ def kl_gaussians(mean_q, var_q, mean_p, cov_p) -> np.ndarray:
     difference = mean_p - mean_q
     mahalanobis = np.einsum("ni,nij,nj->n", difference, inverse, difference)
     return 0.5 * (trace + mahalanobis - k + log_det_p - np.sum(np.log(var_q), axis=1))
+
+
+def train_vae(
+    model: VAE,
+    x_train,
+    x_val=None,
+    *,
+    epochs: int = 100,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    binarization: str = "dynamic",
+    warmup_epochs: int = 0,
+    validation_freq: int = 1,
+    seed: int = 0,
+    verbose: int = 0,
+    callbacks=(),
+) -> keras.callbacks.History:
+    """Train a VAE with Adam on ``x_train`` and return Keras' ``History``.
+
+    The decoder starts at the mean training image (:meth:`VAE.init_output_bias`); batches come
+    from :func:`support.data.dataset` with ``binarization`` (``"dynamic"``: fresh Bernoulli
+    draws every epoch, ``"static"``: one fixed draw, ``"none"``: the grey levels, for a
+    Gaussian likelihood); ``warmup_epochs > 0`` ramps the KL weight with :class:`KLWarmup`.
+    ``x_val`` (already in the form the model should score, e.g. statically binarized) is
+    evaluated every ``validation_freq`` epochs. The history has ``loss`` (``-ELBO`` with the
+    KL weighted by ``beta``), ``reconstruction`` and ``kl`` per epoch, and ``val_`` versions.
+    """
+    from .. import data
+
+    epochs = _positive_int(epochs, "epochs")
+    if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+        raise ValueError(f"warmup_epochs={warmup_epochs!r} must be an integer >= 0.")
+    keras.utils.set_random_seed(seed)
+    model.init_output_bias(x_train)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    train = data.dataset(x_train, batch_size=batch_size, seed=seed, binarization=binarization)
+    validation = None
+    if x_val is not None:
+        validation = data.dataset(x_val, batch_size=1024, shuffle=False)
+    extra = [KLWarmup(warmup_epochs)] if warmup_epochs else []
+    return model.fit(
+        train, validation_data=validation, validation_freq=validation_freq, epochs=epochs,
+        shuffle=False, verbose=verbose, callbacks=[*extra, *callbacks],
+    )
