@@ -140,6 +140,9 @@ DATASET = Param(
     "dataset", str, "digits", "the data set", choices=("digits", "mnist", "fashion_mnist")
 )
 SEED = Param("seed", int, 0, "seed of Python, NumPy and TensorFlow", low=0, high=2**31 - 1)
+LATENT_DIM = Param("latent_dim", int, 8, "size of the code z", low=1, high=256)
+BATCH_SIZE = Param("batch_size", int, 64, "examples per gradient step", low=1, high=60_000)
+TRAIN_SIZE = Param("train_size", int, 0, "first N training images (0: all)", low=0, high=60_000)
 RESULTS_DIR = Param(
     "results_dir", str, "results", "folder where record() writes the metrics", kind="dir"
 )
@@ -156,7 +159,7 @@ SCHEMAS: dict[str, tuple[Param, ...]] = {
     "01_autoencoders": (
         DATASET,
         Param("latent_dims", list, [2, 8, 16], "code sizes k compared with PCA", low=1, high=256),
-        Param("train_size", int, 0, "first N training images (0: all)", low=0, high=60_000),
+        TRAIN_SIZE,
         Param("linear_epochs", int, 200, "passes over the data for the linear autoencoder",
               low=1, high=5000),
         Param("linear_learning_rate", float, 0.01, "peak Adam rate of the linear autoencoder",
@@ -164,31 +167,31 @@ SCHEMAS: dict[str, tuple[Param, ...]] = {
         Param("epochs", int, 100, "passes for the dense and convolutional autoencoders",
               low=1, high=5000),
         Param("learning_rate", float, 0.003, "their peak Adam rate", low=1e-6, high=1.0),
-        Param("batch_size", int, 64, "examples per gradient step", low=1, high=60_000),
+        BATCH_SIZE,
         SEED,
         RESULTS_DIR,
     ),
     "02_mse_objective": (
         DATASET,
-        Param("latent_dim", int, 8, "size of the code z", low=1, high=256),
+        LATENT_DIM,
         Param("epochs", int, 100, "passes over the training set", low=1, high=5000),
-        Param("batch_size", int, 64, "examples per gradient step", low=1, high=60_000),
+        BATCH_SIZE,
         Param("learning_rate", float, 0.003, "peak Adam learning rate", low=1e-6, high=1.0),
         Param("noise", float, 0.3, "corruption level of the denoising autoencoders", low=0.0,
               high=1.0),
-        Param("small_train_size", int, 100, "training images of the overfitting experiment",
+        Param("small_train_size", int, 50, "training images of the overfitting experiment",
               low=10, high=60_000),
         Param("code_sizes", list, [2, 8, 32], "code sizes of the architecture sweep", low=1,
               high=256),
         Param("depths", list, [1, 2, 3], "hidden layers per side in the sweep", low=0, high=3),
         Param("sweep_epochs", int, 50, "passes for each model of the sweep", low=1, high=5000),
-        Param("train_size", int, 0, "first N training images (0: all)", low=0, high=60_000),
+        TRAIN_SIZE,
         SEED,
         RESULTS_DIR,
     ),
     "03_vae_elbo": (
         DATASET,
-        Param("latent_dim", int, 8, "size of the code z", low=1, high=256),
+        LATENT_DIM,
         Param("encoder", str, "dense", "encoder and decoder type", choices=("dense", "conv")),
         Param("widths", list, [128, 64], "hidden widths of the dense encoder", low=1,
               high=4096),
@@ -200,7 +203,7 @@ SCHEMAS: dict[str, tuple[Param, ...]] = {
         Param("kl_warmup_epochs", int, 20, "epochs of the KL warm-up (0: none)", low=0,
               high=5000),
         Param("epochs", int, 200, "passes over the training set", low=1, high=5000),
-        Param("batch_size", int, 64, "examples per gradient step", low=1, high=60_000),
+        BATCH_SIZE,
         Param("learning_rate", float, 0.001, "Adam learning rate", low=1e-6, high=1.0),
         Param("nll_samples", int, 5000, "importance samples k of the test NLL", low=1,
               high=100_000),
@@ -209,7 +212,7 @@ SCHEMAS: dict[str, tuple[Param, ...]] = {
         Param("sweep_epochs", int, 60, "passes for each smaller comparison run", low=1,
               high=5000),
         Param("linear_epochs", int, 100, "passes for the linear-Gaussian VAE", low=1, high=5000),
-        Param("train_size", int, 0, "first N training images (0: all)", low=0, high=60_000),
+        TRAIN_SIZE,
         Param("test_size", int, 0, "first N test images to score (0: all)", low=0, high=10_000),
         SEED,
         RESULTS_DIR,

@@ -31,7 +31,7 @@ def reconstruction_loss(x, x_hat):
     return tf.reduce_mean(tf.reshape(squared, (tf.shape(squared)[0], -1)), axis=1)
 
 
-def _shape(value, name):
+def check_shape(value, name):
     shape = tuple(int(v) for v in value) if isinstance(value, (tuple, list)) else None
     if not shape or len(shape) != 3 or min(shape) < 1:
         raise ValueError(
@@ -40,16 +40,100 @@ def _shape(value, name):
     return shape
 
 
-def _positive_int(value, name):
+def positive_int(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name}={value!r} must be a positive integer.")
     return int(value)
 
 
-def _widths(value, name):
+def check_widths(value, name):
     if not isinstance(value, (tuple, list)):
         raise ValueError(f"{name}={value!r} must be a tuple of positive integers.")
-    return tuple(_positive_int(v, name) for v in value)
+    return tuple(positive_int(v, name) for v in value)
+
+
+def dense_encoder(image_shape, widths, outputs: int, *, hidden_activation="relu",
+                  output_activation=None, output_name="code") -> keras.Sequential:
+    """``x: [batch, *image_shape] -> [batch, outputs]``: flatten, then
+    ``Dense(widths[0], hidden_activation) -> ... -> Dense(outputs, output_activation)``.
+    ``widths=()`` is one affine map. Shared by the autoencoders and the VAE."""
+    return keras.Sequential(
+        [keras.Input(image_shape), keras.layers.Flatten()]
+        + [keras.layers.Dense(w, activation=hidden_activation) for w in widths]
+        + [keras.layers.Dense(outputs, activation=output_activation, name=output_name)],
+        name="encoder",
+    )
+
+
+def dense_decoder(image_shape, widths, latent_dim: int, *, hidden_activation="relu",
+                  output_activation=None) -> keras.Sequential:
+    """``z: [batch, latent_dim] -> [batch, *image_shape]``: the mirror of
+    :func:`dense_encoder` (``widths`` given outermost first, used in reverse), ending in
+    ``Dense(d, output_activation)`` named ``"pixels"`` and a reshape."""
+    return keras.Sequential(
+        [keras.Input((latent_dim,))]
+        + [keras.layers.Dense(w, activation=hidden_activation) for w in tuple(widths)[::-1]]
+        + [
+            keras.layers.Dense(math.prod(image_shape), activation=output_activation, name="pixels"),
+            keras.layers.Reshape(tuple(image_shape)),
+        ],
+        name="decoder",
+    )
+
+
+_CONV = dict(kernel_size=3, strides=2, padding="same")
+
+
+def conv_encoder(image_shape, filters, outputs: int, *, hidden_activation="relu",
+                 output_activation=None, output_name="code") -> keras.Sequential:
+    """``x -> [batch, outputs]``: one ``Conv2D(f, 3, strides=2, padding="same")`` per entry of
+    ``filters`` (each halves height and width), flatten, ``Dense(outputs)``."""
+    return keras.Sequential(
+        [keras.Input(image_shape)]
+        + [keras.layers.Conv2D(f, activation=hidden_activation, **_CONV) for f in filters]
+        + [
+            keras.layers.Flatten(),
+            keras.layers.Dense(outputs, activation=output_activation, name=output_name),
+        ],
+        name="encoder",
+    )
+
+
+def conv_decoder(image_shape, filters, latent_dim: int, *, hidden_activation="relu",
+                 output_activation=None) -> keras.Sequential:
+    """``z -> [batch, *image_shape]``: ``Dense`` to the smallest feature map
+    ``[h / 2^L, w / 2^L, filters[-1]]``, then stride-2 ``Conv2DTranspose`` layers that double it
+    back, the last with ``channels`` filters named ``"pixels"``. Height and width must be
+    divisible by ``2 ** len(filters)`` (checked by the models)."""
+    height, width, channels = image_shape
+    factor = 2 ** len(filters)
+    small = (height // factor, width // factor, filters[-1])
+    return keras.Sequential(
+        [
+            keras.Input((latent_dim,)),
+            keras.layers.Dense(math.prod(small), activation=hidden_activation),
+            keras.layers.Reshape(small),
+        ]
+        + [
+            keras.layers.Conv2DTranspose(f, activation=hidden_activation, **_CONV)
+            for f in tuple(filters)[-2::-1]
+        ]
+        + [keras.layers.Conv2DTranspose(channels, activation=output_activation, name="pixels", **_CONV)],
+        name="decoder",
+    )
+
+
+def check_conv_shape(image_shape, filters):
+    """Raise unless ``filters`` is non-empty and height and width divide by ``2 ** len(filters)``."""
+    if not filters:
+        raise ValueError("filters=() must name at least one convolution, e.g. (32, 64).")
+    factor = 2 ** len(filters)
+    if image_shape[0] % factor or image_shape[1] % factor:
+        raise ValueError(
+            f"input_shape={tuple(image_shape)!r}: height and width must be divisible by "
+            f"2 ** len(filters) = {factor} so that the decoder restores them exactly; "
+            f"use fewer filters (filters={tuple(filters)!r})."
+        )
 
 
 class Autoencoder(keras.Model):
@@ -166,32 +250,24 @@ class DenseAutoencoder(Autoencoder):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.image_shape = _shape(input_shape, "input_shape")
+        self.image_shape = check_shape(input_shape, "input_shape")
         self.linear = bool(linear)
         if widths is None:
             widths = () if self.linear else (128, 64)
-        self.widths = _widths(widths, "widths")
-        self.latent_dim = _positive_int(latent_dim, "latent_dim")
+        self.widths = check_widths(widths, "widths")
+        self.latent_dim = positive_int(latent_dim, "latent_dim")
         if self.linear:
             code_activation = hidden_activation = output_activation = None
         self.code_activation = code_activation
         self.hidden_activation = hidden_activation
         self.output_activation = output_activation
-        d = math.prod(self.image_shape)
-        self.encoder = keras.Sequential(
-            [keras.Input(self.image_shape), keras.layers.Flatten()]
-            + [keras.layers.Dense(w, activation=hidden_activation) for w in self.widths]
-            + [keras.layers.Dense(self.latent_dim, activation=code_activation, name="code")],
-            name="encoder",
+        self.encoder = dense_encoder(
+            self.image_shape, self.widths, self.latent_dim, hidden_activation=hidden_activation,
+            output_activation=code_activation,
         )
-        self.decoder = keras.Sequential(
-            [keras.Input((self.latent_dim,))]
-            + [keras.layers.Dense(w, activation=hidden_activation) for w in self.widths[::-1]]
-            + [
-                keras.layers.Dense(d, activation=output_activation, name="pixels"),
-                keras.layers.Reshape(self.image_shape),
-            ],
-            name="decoder",
+        self.decoder = dense_decoder(
+            self.image_shape, self.widths, self.latent_dim, hidden_activation=hidden_activation,
+            output_activation=output_activation,
         )
 
     def get_config(self):
@@ -238,49 +314,20 @@ class ConvAutoencoder(Autoencoder):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.image_shape = _shape(input_shape, "input_shape")
-        self.filters = _widths(filters, "filters")
-        if not self.filters:
-            raise ValueError("filters=() must name at least one convolution, e.g. (32, 64).")
-        self.latent_dim = _positive_int(latent_dim, "latent_dim")
+        self.image_shape = check_shape(input_shape, "input_shape")
+        self.filters = check_widths(filters, "filters")
+        self.latent_dim = positive_int(latent_dim, "latent_dim")
         self.code_activation = code_activation
         self.hidden_activation = hidden_activation
         self.output_activation = output_activation
-        height, width, channels = self.image_shape
-        factor = 2 ** len(self.filters)
-        if height % factor or width % factor:
-            raise ValueError(
-                f"input_shape={self.image_shape!r}: height and width must be divisible by "
-                f"2 ** len(filters) = {factor} so that the decoder restores them exactly; "
-                f"use fewer filters (filters={self.filters!r})."
-            )
-        small = (height // factor, width // factor, self.filters[-1])
-        conv = dict(kernel_size=3, strides=2, padding="same")
-        self.encoder = keras.Sequential(
-            [keras.Input(self.image_shape)]
-            + [keras.layers.Conv2D(f, activation=hidden_activation, **conv) for f in self.filters]
-            + [
-                keras.layers.Flatten(),
-                keras.layers.Dense(self.latent_dim, activation=code_activation, name="code"),
-            ],
-            name="encoder",
+        check_conv_shape(self.image_shape, self.filters)
+        self.encoder = conv_encoder(
+            self.image_shape, self.filters, self.latent_dim, hidden_activation=hidden_activation,
+            output_activation=code_activation,
         )
-        self.decoder = keras.Sequential(
-            [
-                keras.Input((self.latent_dim,)),
-                keras.layers.Dense(math.prod(small), activation=hidden_activation),
-                keras.layers.Reshape(small),
-            ]
-            + [
-                keras.layers.Conv2DTranspose(f, activation=hidden_activation, **conv)
-                for f in self.filters[-2::-1]
-            ]
-            + [
-                keras.layers.Conv2DTranspose(
-                    channels, activation=output_activation, name="pixels", **conv
-                )
-            ],
-            name="decoder",
+        self.decoder = conv_decoder(
+            self.image_shape, self.filters, self.latent_dim, hidden_activation=hidden_activation,
+            output_activation=output_activation,
         )
 
     def get_config(self):

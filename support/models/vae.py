@@ -48,33 +48,22 @@ import numpy as np
 import tensorflow as tf
 
 from support import objectives
+from support.models.autoencoders import (
+    check_conv_shape,
+    check_shape,
+    check_widths,
+    conv_decoder,
+    conv_encoder,
+    dense_decoder,
+    dense_encoder,
+    positive_int,
+)
 
 ENCODERS = ("dense", "conv", "linear")
 LIKELIHOODS = ("bernoulli", "gaussian")
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _shape(value, name):
-    shape = tuple(int(v) for v in value) if isinstance(value, (tuple, list)) else None
-    if not shape or len(shape) != 3 or min(shape) < 1:
-        raise ValueError(
-            f"{name}={value!r} must be an image shape (height, width, channels) of positive ints."
-        )
-    return shape
-
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive integer.")
-    return int(value)
-
-
-def _widths(value, name):
-    if not isinstance(value, (tuple, list)):
-        raise ValueError(f"{name}={value!r} must be a tuple of positive integers.")
-    return tuple(_positive_int(v, name) for v in value)
 
 
 def _choice(value, allowed, name):
@@ -152,12 +141,12 @@ class VAE(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.image_shape = _shape(input_shape, "input_shape")
-        self.latent_dim = _positive_int(latent_dim, "latent_dim")
+        self.image_shape = check_shape(input_shape, "input_shape")
+        self.latent_dim = positive_int(latent_dim, "latent_dim")
         self.encoder_type = _choice(encoder, ENCODERS, "encoder")
         self.decoder_type = _choice(encoder if decoder is None else decoder, ENCODERS, "decoder")
-        self.widths = _widths((128, 64) if widths is None else widths, "widths")
-        self.filters = _widths(filters, "filters")
+        self.widths = check_widths((128, 64) if widths is None else widths, "widths")
+        self.filters = check_widths(filters, "filters")
         self.likelihood = _choice(likelihood, LIKELIHOODS, "likelihood")
         self.initial_sigma = _positive_float(sigma, "sigma")
         self.learn_sigma = bool(learn_sigma)
@@ -167,15 +156,7 @@ class VAE(keras.Model):
             )
         self.target_beta = _positive_float(beta, "beta", allow_zero=True)
         if "conv" in (self.encoder_type, self.decoder_type):
-            if not self.filters:
-                raise ValueError("filters=() must name at least one convolution, e.g. (32, 64).")
-            factor = 2 ** len(self.filters)
-            if self.image_shape[0] % factor or self.image_shape[1] % factor:
-                raise ValueError(
-                    f"input_shape={self.image_shape!r}: height and width must be divisible by "
-                    f"2 ** len(filters) = {factor} for a convolutional VAE; use fewer filters "
-                    f"(filters={self.filters!r})."
-                )
+            check_conv_shape(self.image_shape, self.filters)
         self.encoder = self._build_encoder()
         self.decoder = self._build_decoder()
         self.beta = self.add_weight(
@@ -198,42 +179,17 @@ class VAE(keras.Model):
     # ------------------------------------------------------------------ architecture
 
     def _build_encoder(self):
-        layers = [keras.Input(self.image_shape)]
         if self.encoder_type == "conv":
-            layers += [
-                keras.layers.Conv2D(f, 3, strides=2, padding="same", activation="relu")
-                for f in self.filters
-            ]
-        layers.append(keras.layers.Flatten())
-        if self.encoder_type == "dense":
-            layers += [keras.layers.Dense(w, activation="relu") for w in self.widths]
-        layers.append(keras.layers.Dense(2 * self.latent_dim, name="posterior"))
-        return keras.Sequential(layers, name="encoder")
+            return conv_encoder(self.image_shape, self.filters, 2 * self.latent_dim,
+                                output_name="posterior")
+        widths = self.widths if self.encoder_type == "dense" else ()
+        return dense_encoder(self.image_shape, widths, 2 * self.latent_dim, output_name="posterior")
 
     def _build_decoder(self):
-        height, width, channels = self.image_shape
-        layers = [keras.Input((self.latent_dim,))]
         if self.decoder_type == "conv":
-            factor = 2 ** len(self.filters)
-            small = (height // factor, width // factor, self.filters[-1])
-            conv = dict(kernel_size=3, strides=2, padding="same")
-            layers += [
-                keras.layers.Dense(math.prod(small), activation="relu"),
-                keras.layers.Reshape(small),
-            ]
-            layers += [
-                keras.layers.Conv2DTranspose(f, activation="relu", **conv)
-                for f in self.filters[-2::-1]
-            ]
-            layers.append(keras.layers.Conv2DTranspose(channels, name="pixels", **conv))
-            return keras.Sequential(layers, name="decoder")
-        if self.decoder_type == "dense":
-            layers += [keras.layers.Dense(w, activation="relu") for w in self.widths[::-1]]
-        layers += [
-            keras.layers.Dense(math.prod(self.image_shape), name="pixels"),
-            keras.layers.Reshape(self.image_shape),
-        ]
-        return keras.Sequential(layers, name="decoder")
+            return conv_decoder(self.image_shape, self.filters, self.latent_dim)
+        widths = self.widths if self.decoder_type == "dense" else ()
+        return dense_decoder(self.image_shape, widths, self.latent_dim)
 
     def get_config(self):
         config = super().get_config()
@@ -313,7 +269,7 @@ class VAE(keras.Model):
         """Decode ``n`` codes ``z ~ p(z) = N(0, I)``: means of ``p(x|z)``, ``[n, h, w, c]``.
         ``seed`` makes the draw repeatable (stateless); ``None`` uses TensorFlow's global
         generator."""
-        n = _positive_int(n, "n")
+        n = positive_int(n, "n")
         shape = (n, self.latent_dim)
         if seed is None:
             z = tf.random.normal(shape)
@@ -367,7 +323,7 @@ class VAE(keras.Model):
             raise ValueError(
                 f"x has shape {x.shape}; expected [n, {', '.join(map(str, self.image_shape))}]."
             )
-        batch_size = _positive_int(batch_size, "batch_size")
+        batch_size = positive_int(batch_size, "batch_size")
         for start in range(0, len(x), batch_size):
             yield start, tf.constant(x[start : start + batch_size])
 
@@ -413,10 +369,10 @@ class VAE(keras.Model):
         """Per-example statistic of ``k`` draws ``z_i ~ q(z|x)``, NumPy ``[n]``, in chunks:
         ``"log_mean_weight"``, ``log (1/k) sum_i w_i`` (a running log-sum-exp), or
         ``"mean_log_likelihood"``, ``(1/k) sum_i log p(x|z_i)`` (a running sum)."""
-        k = _positive_int(k, "k")
-        max_elements = _positive_int(max_elements, "max_elements")
+        k = positive_int(k, "k")
+        max_elements = positive_int(max_elements, "max_elements")
         x = np.asarray(x, dtype=np.float32)
-        b, s = self._chunk_sizes(len(x), k, _positive_int(batch_size, "batch_size"), max_elements)
+        b, s = self._chunk_sizes(len(x), k, positive_int(batch_size, "batch_size"), max_elements)
         seed = tf.constant(int(seed), tf.int32)
         result = np.empty(len(x), dtype=np.float32)
         for start, x_batch in self._batches(x, b):
@@ -452,7 +408,7 @@ class VAE(keras.Model):
         expected_log_likelihood = self._over_samples(
             x, samples, batch_size, max_elements, seed, "mean_log_likelihood"
         )
-        kl = self._kl_per_dimension(x, max(_positive_int(batch_size, "batch_size"), 1024))
+        kl = self._kl_per_dimension(x, max(positive_int(batch_size, "batch_size"), 1024))
         return expected_log_likelihood - kl.sum(axis=1)
 
     def iwae_bound(
@@ -543,7 +499,7 @@ class KLWarmup(keras.callbacks.Callback):
 
     def __init__(self, epochs: int, target: float | None = None):
         super().__init__()
-        self.epochs = _positive_int(epochs, "epochs")
+        self.epochs = positive_int(epochs, "epochs")
         self.target = None if target is None else _positive_float(target, "target", allow_zero=True)
 
     def beta_at(self, epoch: int, target: float) -> float:
@@ -701,7 +657,7 @@ def train_vae(
     """
     from .. import data
 
-    epochs = _positive_int(epochs, "epochs")
+    epochs = positive_int(epochs, "epochs")
     if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
         raise ValueError(f"warmup_epochs={warmup_epochs!r} must be an integer >= 0.")
     keras.utils.set_random_seed(seed)
