@@ -395,12 +395,15 @@ def _plain(value: Any, name: str = "value") -> Any:
 
 
 def flatten(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; lists stay as values."""
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; a list of records ``{"s": [{"x": 1}]}`` →
+    ``{"s.0.x": 1}``; other lists stay as values."""
     flat = {}
     for key, value in metrics.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
             flat.update(flatten(value, name + "."))
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            flat.update(flatten({str(i): v for i, v in enumerate(value)}, name + "."))
         else:
             flat[name] = value
     return flat

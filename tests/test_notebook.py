@@ -143,8 +143,8 @@ def test_record_writes_json_with_parameters_and_accumulates(tmp_path):
 
 
 def test_text_table_and_flatten():
-    assert notebook.flatten({"a": {"b": 1, "c": {"d": 2}}, "e": [1]}) == {
-        "a.b": 1, "a.c.d": 2, "e": [1]}
+    assert notebook.flatten({"a": {"b": 1, "c": {"d": 2}}, "e": [1], "f": [{"g": 3}]}) == {
+        "a.b": 1, "a.c.d": 2, "e": [1], "f.0.g": 3}
     table = notebook.text_table([("x", 0.123456), ("longer", 3)], ("name", "value"))
     assert table.splitlines() == ["name    value", "------  ------", "x       0.1235",
                                   "longer  3"]
