@@ -1,5 +1,6 @@
 """Metrics of the series, in NumPy: the PCA optimum, principal angles, reconstruction error,
-and how much a representation says about the labels (probes, kNN, mutual information).
+how much a representation says about the labels (probes, kNN, mutual information), and
+how good a generative model's samples are (mode coverage, Fréchet distance).
 
 Everything here is a pure function of arrays (a model enters only as a callable), so the
 numbers a notebook reports can be checked against closed forms in the tests.
@@ -400,3 +401,119 @@ def mutual_information(
         values = [_ross_mutual_information(z[:, [j]], y, n_neighbors) for j in range(z.shape[1])]
         return np.asarray(values) / UNITS[units]
     return _ross_mutual_information(z, y, n_neighbors) / UNITS[units]
+
+
+# --------------------------------------------------------------------------- generative models
+
+
+class ModeCoverage(NamedTuple):
+    """Mode coverage of samples from a mixture (VEEGAN protocol).
+
+    Attributes:
+        modes_covered: number of modes that are the nearest mode of at least one high-quality
+            sample.
+        high_quality: fraction of samples within ``3 std`` of their nearest mode.
+        counts: ``[modes]`` number of high-quality samples whose nearest mode is each mode.
+    """
+
+    modes_covered: int
+    high_quality: float
+    counts: np.ndarray
+
+
+def mode_coverage(samples, centers, std: float, threshold: float = 3.0) -> ModeCoverage:
+    """Modes covered and sample quality by the protocol of VEEGAN (Srivastava et al. 2017).
+
+    A sample is *high quality* when its Euclidean distance to the nearest mode centre is at most
+    ``threshold * std``; a mode is *covered* when it is the nearest mode of at least one
+    high-quality sample. For exact samples of an isotropic 2-D mixture the expected high-quality
+    fraction is ``P(chi_2 <= 3) = 1 - exp(-9/2) = 98.9 %``.
+
+    Args:
+        samples: ``[n, d]`` generated points.
+        centers: ``[modes, d]`` mode centres.
+        std: the modes' standard deviation, ``> 0``.
+        threshold: the quality radius in units of ``std``.
+
+    Returns:
+        A :class:`ModeCoverage`.
+    """
+    samples = np.asarray(samples, dtype=np.float64)
+    centers = np.asarray(centers, dtype=np.float64)
+    if samples.ndim != 2 or centers.ndim != 2 or samples.shape[1] != centers.shape[1]:
+        raise ValueError(
+            f"samples {samples.shape} and centers {centers.shape} must be [n, d] and [modes, d] "
+            "with the same d."
+        )
+    if len(samples) == 0 or len(centers) == 0:
+        raise ValueError("samples and centers must each hold at least one point.")
+    if not np.isfinite(std) or std <= 0:
+        raise ValueError(f"std={std!r} must be a positive finite number.")
+    distances = np.sqrt(((samples[:, None, :] - centers[None, :, :]) ** 2).sum(-1))  # [n, modes]
+    nearest = distances.argmin(axis=1)
+    good = distances[np.arange(len(samples)), nearest] <= threshold * std
+    counts = np.bincount(nearest[good], minlength=len(centers))
+    return ModeCoverage(int((counts > 0).sum()), float(good.mean()), counts)
+
+
+def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a symmetric positive semi-definite matrix; eigenvalues that
+    rounding made slightly negative are clipped to 0."""
+    eigenvalues, eigenvectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
+
+
+def frechet_distance_gaussians(mean_a, cov_a, mean_b, cov_b) -> float:
+    """Fréchet (2-Wasserstein squared) distance between two Gaussians.
+
+    ``d^2 = ||mu_a - mu_b||^2 + Tr(Sigma_a + Sigma_b - 2 (Sigma_a Sigma_b)^{1/2})``. The trace of
+    ``(Sigma_a Sigma_b)^{1/2}`` equals that of the symmetric ``(Sigma_a^{1/2} Sigma_b
+    Sigma_a^{1/2})^{1/2}``, computed here by two symmetric eigendecompositions, so it is real and
+    stays finite for singular covariances (dead ReLU features), where ``scipy.linalg.sqrtm`` of
+    the product can return complex or infinite values.
+
+    Args:
+        mean_a, mean_b: ``[d]`` means.
+        cov_a, cov_b: ``[d, d]`` covariances.
+
+    Returns:
+        The distance, ``>= 0`` (tiny negatives from rounding are clipped).
+    """
+    mean_a, mean_b = np.asarray(mean_a, np.float64), np.asarray(mean_b, np.float64)
+    cov_a, cov_b = np.atleast_2d(cov_a).astype(np.float64), np.atleast_2d(cov_b).astype(np.float64)
+    d = mean_a.shape[0]
+    if mean_b.shape != (d,) or cov_a.shape != (d, d) or cov_b.shape != (d, d):
+        raise ValueError(
+            f"means {mean_a.shape}, {mean_b.shape} and covariances {cov_a.shape}, {cov_b.shape} "
+            "must be [d] and [d, d] with one d."
+        )
+    root_a = _sqrt_psd(cov_a)
+    eigenvalues = np.linalg.eigvalsh(root_a @ cov_b @ root_a)
+    trace_sqrt = np.sqrt(np.clip(eigenvalues, 0.0, None)).sum()
+    distance = np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_sqrt
+    return float(max(distance, 0.0))
+
+
+def frechet_distance(features_a, features_b) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (the FID of Heusel et al.
+    2017 when the features are Inception activations).
+
+    ``d^2 = ||mu_a - mu_b||^2 + Tr(Sigma_a + Sigma_b - 2 (Sigma_a Sigma_b)^{1/2})`` with sample
+    means and unbiased sample covariances; see :func:`frechet_distance_gaussians`. The estimate
+    is biased upwards for finite samples, so compare values computed with equal sample sizes.
+
+    Args:
+        features_a: ``[n_a, d]`` features (e.g. a classifier's penultimate layer), ``n_a >= 2``.
+        features_b: ``[n_b, d]`` features of the same ``d``.
+
+    Returns:
+        The distance, ``>= 0``; 0 for a set compared with itself.
+    """
+    a, b = _flat(features_a), _flat(features_b)
+    if a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
+        raise ValueError(
+            f"features_a {a.shape} and features_b {b.shape} must be [n, d] with one d and n >= 2."
+        )
+    return frechet_distance_gaussians(
+        a.mean(axis=0), np.cov(a, rowvar=False), b.mean(axis=0), np.cov(b, rowvar=False)
+    )

@@ -10,7 +10,8 @@ Notation: ``x`` data, ``z`` latent code, ``q(z|x) = N(z; mu, diag(sigma^2))`` th
 every value is in nats. ``log_var = log sigma^2`` is used rather than ``sigma`` because it is
 unconstrained and its exponential cannot underflow to a zero variance.
 
-GAN losses will live in this module too (a later section).
+GAN losses (discriminator cross-entropy, minimax and non-saturating generator losses, the
+Wasserstein critic and generator losses and the WGAN-GP gradient penalty) close the module.
 """
 
 from __future__ import annotations
@@ -248,3 +249,132 @@ def score_function_gradients(f, mean, log_var, samples: int, seed: int = 0):
     z = mean + tf.exp(0.5 * log_var) * epsilon
     score = (z - mean) / tf.exp(log_var)
     return f(z)[:, None] * score
+
+
+# --------------------------------------------------------------------------- GAN losses
+#
+# The discriminator outputs a logit ``l`` and ``D(x) = sigmoid(l)``; a Wasserstein critic outputs
+# an unbounded score ``f(x)``. Every loss below takes discriminator outputs of shape ``[batch]``
+# or ``[batch, 1]`` and returns ``[batch]``. The logs of probabilities are written with
+# ``log sigmoid(l) = -softplus(-l)`` and ``log(1 - sigmoid(l)) = -softplus(l)``, which stay finite
+# where ``sigmoid`` rounds to 0 or 1 in float32.
+
+
+def _per_example_outputs(outputs):
+    """``[batch]`` or ``[batch, 1]`` discriminator outputs as ``[batch]``."""
+    outputs = tf.convert_to_tensor(outputs)
+    return tf.reshape(outputs, (tf.shape(outputs)[0],))
+
+
+def discriminator_loss(real_logits, fake_logits):
+    """The discriminator's cross-entropy (Goodfellow et al. 2014), per example.
+
+    ``-log D(x) - log(1 - D(G(z))) = softplus(-l_real) + softplus(l_fake)``, with one real and one
+    generated example per row. Minimising its mean over the data and ``z`` gives
+    ``2 log 2 - 2 JSD(p_data || p_G)`` at the optimal discriminator.
+
+    Args:
+        real_logits: ``[batch]`` or ``[batch, 1]`` logits ``l`` of real data.
+        fake_logits: logits of generated data, the shape of ``real_logits``.
+
+    Returns:
+        ``[batch]`` losses in nats, ``>= 0``.
+    """
+    real_logits = _per_example_outputs(real_logits)
+    fake_logits = _cast(_per_example_outputs(fake_logits), real_logits.dtype)
+    return tf.nn.softplus(-real_logits) + tf.nn.softplus(fake_logits)
+
+
+def generator_minimax_loss(fake_logits):
+    """The generator's side of the original minimax game: ``log(1 - D(G(z))) = -softplus(l)``.
+
+    Its gradient vanishes when the discriminator confidently rejects the samples
+    (``l -> -infinity``), which is why :func:`generator_non_saturating_loss` is used in practice.
+
+    Args:
+        fake_logits: ``[batch]`` or ``[batch, 1]`` logits of generated data.
+
+    Returns:
+        ``[batch]`` values in nats, ``<= 0`` (the generator minimises them).
+    """
+    return -tf.nn.softplus(_per_example_outputs(fake_logits))
+
+
+def generator_non_saturating_loss(fake_logits):
+    """The non-saturating generator loss: ``-log D(G(z)) = softplus(-l)``.
+
+    Same fixed point as the minimax loss, but a strong gradient where the discriminator rejects
+    the samples (Goodfellow et al. 2014, section 3).
+
+    Args:
+        fake_logits: ``[batch]`` or ``[batch, 1]`` logits of generated data.
+
+    Returns:
+        ``[batch]`` values in nats, ``>= 0``.
+    """
+    return tf.nn.softplus(-_per_example_outputs(fake_logits))
+
+
+def wasserstein_critic_loss(real_scores, fake_scores):
+    """The critic's loss of a Wasserstein GAN (Arjovsky et al. 2017): ``f(G(z)) - f(x)``.
+
+    Its mean is minus the Kantorovich-Rubinstein estimate of ``W_1(p_data, p_G)`` when ``f`` is
+    1-Lipschitz (enforced by :func:`gradient_penalty` in WGAN-GP).
+
+    Args:
+        real_scores: ``[batch]`` or ``[batch, 1]`` critic scores ``f(x)``.
+        fake_scores: critic scores ``f(G(z))``, the shape of ``real_scores``.
+
+    Returns:
+        ``[batch]`` values (unbounded).
+    """
+    real_scores = _per_example_outputs(real_scores)
+    fake_scores = _cast(_per_example_outputs(fake_scores), real_scores.dtype)
+    return fake_scores - real_scores
+
+
+def wasserstein_generator_loss(fake_scores):
+    """The generator's loss of a Wasserstein GAN: ``-f(G(z))``.
+
+    Args:
+        fake_scores: ``[batch]`` or ``[batch, 1]`` critic scores of generated data.
+
+    Returns:
+        ``[batch]`` values (unbounded).
+    """
+    return -_per_example_outputs(fake_scores)
+
+
+def gradient_penalty(critic, real, fake, seed=None):
+    """The WGAN-GP penalty (Gulrajani et al. 2017): ``(||grad_x_hat f(x_hat)||_2 - 1)^2``.
+
+    ``x_hat = alpha x + (1 - alpha) x_fake`` with ``alpha ~ Uniform(0, 1)``, one draw per example
+    (not a normal draw, a bug of a widely copied example). The norm runs over every non-batch
+    axis of the example.
+
+    Args:
+        critic: maps ``[batch, ...]`` to ``[batch]`` or ``[batch, 1]`` scores.
+        real: ``[batch, ...]`` real examples.
+        fake: ``[batch, ...]`` generated examples, the shape of ``real``.
+        seed: an int or a ``[2]`` int tensor for a repeatable (stateless) draw of ``alpha``;
+            ``None`` draws from TensorFlow's global generator (use this inside a training step).
+
+    Returns:
+        ``[batch]`` penalties, ``>= 0``.
+    """
+    real = tf.convert_to_tensor(real)
+    fake = _cast(fake, real.dtype)
+    shape = tf.concat([tf.shape(real)[:1], tf.ones([tf.rank(real) - 1], tf.int32)], axis=0)
+    if seed is None:
+        alpha = tf.random.uniform(shape, dtype=real.dtype)
+    else:
+        if isinstance(seed, (int, np.integer)):
+            seed = (int(seed), 0)
+        alpha = tf.random.stateless_uniform(shape, seed=seed, dtype=real.dtype)
+    interpolated = alpha * real + (1.0 - alpha) * fake
+    with tf.GradientTape() as tape:
+        tape.watch(interpolated)
+        scores = critic(interpolated)
+    gradients = tape.gradient(scores, interpolated)
+    norms = tf.sqrt(_sum_per_example(tf.square(gradients)) + 1e-12)
+    return tf.square(norms - 1.0)

@@ -1,0 +1,310 @@
+"""Generative adversarial networks (Goodfellow et al. 2014) and WGAN-GP (Gulrajani et al. 2017).
+
+A generator ``G`` maps ``z ~ N(0, I)`` to samples; a discriminator outputs a logit ``l`` with
+``D(x) = sigmoid(l)`` (or, for ``loss="wgan_gp"``, a critic score ``f(x)``). :class:`GAN` holds
+both and trains them in alternation in its own ``train_step``: per batch of real data,
+``d_steps`` discriminator updates (each with fresh ``z`` and the same real batch), then one
+generator update. The losses come from :mod:`support.objectives`:
+
+    loss="non_saturating"  D: -log D(x) - log(1 - D(G(z)))    G: -log D(G(z))
+    loss="minimax"         D: as above                         G: log(1 - D(G(z)))
+    loss="wgan_gp"         D: f(G(z)) - f(x) + gp_weight * (||grad f(x_hat)|| - 1)^2
+                           G: -f(G(z))
+
+``fit`` reports ``d_loss``, ``g_loss``, ``d_real`` (mean ``D(x)``) and ``d_fake`` (mean
+``D(G(z))``), probabilities for the logistic losses and raw critic scores for WGAN-GP.
+
+PacGAN (Lin et al. 2018): with ``pack > 1`` the discriminator judges ``pack`` samples
+concatenated into one input (build it with ``mlp_discriminator(pack=pack)``); ``train_step``
+groups real and generated batches into packs of ``pack`` consecutive examples, dropping a
+remainder, so a batch of 256 gives 128 packs of 2. Typical use on the ring of 8 Gaussians::
+
+    gan = GAN(mlp_generator(latent_dim=2), mlp_discriminator())
+    gan.compile(d_optimizer=keras.optimizers.Adam(1e-3, beta_1=0.5),
+                g_optimizer=keras.optimizers.Adam(1e-3, beta_1=0.5))
+    gan.fit(data.dataset(x_train, batch_size=256), epochs=50)
+    points = gan.sample(2500, seed=0)
+
+Saving: ``get_config`` stores both networks and ``get_compile_config`` both optimizers and the
+loss settings, so ``gan.save("gan.keras")`` / ``keras.models.load_model("gan.keras")`` restores
+the weights, the optimizer states and the compiled training set-up.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from support import objectives
+from support.models.autoencoders import check_shape, positive_int
+
+LOSSES = ("non_saturating", "minimax", "wgan_gp")
+
+
+def _non_negative_float(value, name):
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}={value!r} must be a non-negative finite number.")
+    return float(value)
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def mlp_generator(latent_dim: int, output_dim: int = 2, width: int = 128, depth: int = 3,
+                  name: str = "generator") -> keras.Sequential:
+    """``z: [batch, latent_dim] -> x: [batch, output_dim]``: ``depth`` ReLU layers of ``width``
+    units and a linear output (the 2-D mixtures are unbounded)."""
+    latent_dim = positive_int(latent_dim, "latent_dim")
+    output_dim = positive_int(output_dim, "output_dim")
+    width = positive_int(width, "width")
+    depth = positive_int(depth, "depth")
+    layers = [keras.Input((latent_dim,))]
+    layers += [keras.layers.Dense(width, activation="relu") for _ in range(depth)]
+    layers.append(keras.layers.Dense(output_dim, name="samples"))
+    return keras.Sequential(layers, name=name)
+
+
+def mlp_discriminator(input_dim: int = 2, width: int = 128, depth: int = 3, pack: int = 1,
+                      name: str = "discriminator") -> keras.Sequential:
+    """``x: [batch, pack * input_dim] -> [batch, 1]`` logits: ``depth`` LeakyReLU(0.2) layers of
+    ``width`` units. With ``pack > 1`` (PacGAN) each input row is ``pack`` examples
+    concatenated; :class:`GAN` does the packing."""
+    input_dim = positive_int(input_dim, "input_dim")
+    width = positive_int(width, "width")
+    depth = positive_int(depth, "depth")
+    pack = positive_int(pack, "pack")
+    layers = [keras.Input((pack * input_dim,))]
+    for _ in range(depth):
+        layers += [keras.layers.Dense(width), keras.layers.LeakyReLU(0.2)]
+    layers.append(keras.layers.Dense(1, name="logit"))
+    return keras.Sequential(layers, name=name)
+
+
+def _check_dcgan_shape(image_shape):
+    shape = check_shape(image_shape, "image_shape")
+    if shape[0] % 4 or shape[1] % 4:
+        raise ValueError(
+            f"image_shape={image_shape!r}: height and width must be multiples of 4 (two stride-2 "
+            "layers), e.g. (8, 8, 1) or (28, 28, 1)."
+        )
+    return shape
+
+
+def dcgan_generator(latent_dim: int, image_shape=(28, 28, 1), filters: int = 64,
+                    name: str = "generator") -> keras.Sequential:
+    """A DCGAN generator (Radford et al. 2016): ``z: [batch, latent_dim] -> [batch, h, w, c]``
+    in [0, 1]. A dense layer to an ``h/4 x w/4 x 2 filters`` map, then two stride-2 transposed
+    convolutions; batch norm and ReLU after every hidden layer, a sigmoid output to match data
+    in [0, 1]. ``h`` and ``w`` must be multiples of 4 (8x8 digits, 28x28 MNIST)."""
+    latent_dim = positive_int(latent_dim, "latent_dim")
+    height, width, channels = _check_dcgan_shape(image_shape)
+    filters = positive_int(filters, "filters")
+    base = (height // 4, width // 4, 2 * filters)
+    return keras.Sequential([
+        keras.Input((latent_dim,)),
+        keras.layers.Dense(int(np.prod(base)), use_bias=False),
+        keras.layers.BatchNormalization(),
+        keras.layers.ReLU(),
+        keras.layers.Reshape(base),
+        keras.layers.Conv2DTranspose(filters, 4, strides=2, padding="same", use_bias=False),
+        keras.layers.BatchNormalization(),
+        keras.layers.ReLU(),
+        keras.layers.Conv2DTranspose(channels, 4, strides=2, padding="same", activation="sigmoid",
+                                     name="pixels"),
+    ], name=name)
+
+
+def dcgan_discriminator(image_shape=(28, 28, 1), filters: int = 64,
+                        name: str = "discriminator") -> keras.Sequential:
+    """A DCGAN discriminator: ``[batch, h, w, c] -> [batch, 1]`` logits from two stride-2
+    convolutions with LeakyReLU(0.2). No batch norm, so that it also serves as a WGAN-GP critic
+    (the penalty is per example; batch norm would mix examples)."""
+    _check_dcgan_shape(image_shape)
+    filters = positive_int(filters, "filters")
+    return keras.Sequential([
+        keras.Input(check_shape(image_shape, "image_shape")),
+        keras.layers.Conv2D(filters, 4, strides=2, padding="same"),
+        keras.layers.LeakyReLU(0.2),
+        keras.layers.Conv2D(2 * filters, 4, strides=2, padding="same"),
+        keras.layers.LeakyReLU(0.2),
+        keras.layers.Flatten(),
+        keras.layers.Dense(1, name="logit"),
+    ], name=name)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@keras.saving.register_keras_serializable(package="support")
+class GAN(keras.Model):
+    """A generator and a discriminator trained in alternation; see the module docstring.
+
+    Args:
+        generator: a model ``[batch, latent_dim] -> [batch, ...]`` with a known input shape.
+        discriminator: a model ``[batch, pack * ...] -> [batch, 1]`` (logits or critic scores).
+        pack: PacGAN packing degree; the discriminator's input must be ``pack`` generated
+            examples concatenated.
+    """
+
+    def __init__(self, generator, discriminator, pack: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        self.generator = generator
+        self.discriminator = discriminator
+        self.pack = positive_int(pack, "pack")
+        self.latent_dim = int(generator.input_shape[-1])
+        sample_size = int(np.prod(generator.output_shape[1:]))
+        input_size = int(np.prod(discriminator.input_shape[1:]))
+        if input_size != self.pack * sample_size:
+            raise ValueError(
+                f"pack={pack!r}: the discriminator takes {input_size} values per input, but "
+                f"{self.pack} generated examples hold {self.pack * sample_size}; build it with "
+                f"pack={pack} (e.g. mlp_discriminator(input_dim={sample_size}, pack={pack}))."
+            )
+        self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
+        self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
+        self.d_real_tracker = keras.metrics.Mean(name="d_real")
+        self.d_fake_tracker = keras.metrics.Mean(name="d_fake")
+        self.built = True
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            generator=keras.saving.serialize_keras_object(self.generator),
+            discriminator=keras.saving.serialize_keras_object(self.discriminator),
+            pack=self.pack,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["generator"] = keras.saving.deserialize_keras_object(config["generator"])
+        config["discriminator"] = keras.saving.deserialize_keras_object(config["discriminator"])
+        return cls(**config)
+
+    # ------------------------------------------------------------------ compile and saving
+
+    def compile(self, d_optimizer=None, g_optimizer=None, loss: str = "non_saturating",
+                d_steps: int = 1, gp_weight: float = 10.0, **kwargs):
+        """Set the two optimizers and the objective.
+
+        Args:
+            d_optimizer, g_optimizer: Keras optimizers (or their names) of the discriminator and
+                the generator; ``None`` gives Adam(1e-3, beta_1=0.5).
+            loss: ``"non_saturating"``, ``"minimax"`` or ``"wgan_gp"``.
+            d_steps: discriminator updates per generator update (5 is usual for WGAN-GP).
+            gp_weight: weight ``lambda`` of the gradient penalty (``"wgan_gp"`` only).
+        """
+        if loss not in LOSSES:
+            raise ValueError(f"loss={loss!r} is not allowed; choose one of {', '.join(LOSSES)}.")
+        super().compile(**kwargs)
+        default = {"class_name": "Adam", "config": {"learning_rate": 1e-3, "beta_1": 0.5}}
+        self.d_optimizer = keras.optimizers.get(default if d_optimizer is None else d_optimizer)
+        self.g_optimizer = keras.optimizers.get(default if g_optimizer is None else g_optimizer)
+        self.loss_name = loss
+        self.d_steps = positive_int(d_steps, "d_steps")
+        self.gp_weight = _non_negative_float(gp_weight, "gp_weight")
+
+    def get_compile_config(self):
+        return {
+            "d_optimizer": keras.saving.serialize_keras_object(self.d_optimizer),
+            "g_optimizer": keras.saving.serialize_keras_object(self.g_optimizer),
+            "loss": self.loss_name,
+            "d_steps": self.d_steps,
+            "gp_weight": self.gp_weight,
+        }
+
+    def compile_from_config(self, config):
+        config = dict(config)
+        for key in ("d_optimizer", "g_optimizer"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        self.compile(**config)
+        # Optimizer variables must exist before `.keras` loading assigns their saved values.
+        self.d_optimizer.build(self.discriminator.trainable_variables)
+        self.g_optimizer.build(self.generator.trainable_variables)
+
+    # ------------------------------------------------------------------ sampling
+
+    def call(self, z, training=None):
+        """``z: [batch, latent_dim] -> G(z)``."""
+        return self.generator(z, training=training)
+
+    def sample(self, n: int, seed: int | None = None):
+        """``n`` samples ``G(z)``, ``z ~ N(0, I)``; ``seed`` makes the draw repeatable
+        (stateless), ``None`` uses TensorFlow's global generator."""
+        n = positive_int(n, "n")
+        shape = (n, self.latent_dim)
+        if seed is None:
+            z = tf.random.normal(shape)
+        else:
+            z = tf.random.stateless_normal(shape, seed=(int(seed), 0))
+        return self.generator(z, training=False)
+
+    # ------------------------------------------------------------------ training
+
+    @property
+    def metrics(self):
+        return [self.d_loss_tracker, self.g_loss_tracker, self.d_real_tracker, self.d_fake_tracker]
+
+    def _packed(self, x):
+        """``[batch, ...] -> [batch // pack, pack * prod(...)]`` (identity for ``pack=1``)."""
+        if self.pack == 1:
+            return x
+        size = int(np.prod(x.shape[1:]))
+        packs = tf.shape(x)[0] // self.pack
+        return tf.reshape(x[: packs * self.pack], (packs, self.pack * size))
+
+    def _discriminate(self, x, training=True):
+        return self.discriminator(self._packed(x), training=training)
+
+    def _discriminator_step(self, real):
+        z = tf.random.normal((tf.shape(real)[0], self.latent_dim))
+        fake = self.generator(z, training=True)
+        with tf.GradientTape() as tape:
+            real_out = self._discriminate(real)
+            fake_out = self._discriminate(fake)
+            if self.loss_name == "wgan_gp":
+                per_pack = objectives.wasserstein_critic_loss(real_out, fake_out)
+                penalty = objectives.gradient_penalty(
+                    self.discriminator, self._packed(real), self._packed(fake)
+                )
+                per_pack = per_pack + self.gp_weight * penalty
+            else:
+                per_pack = objectives.discriminator_loss(real_out, fake_out)
+            d_loss = tf.reduce_mean(per_pack)
+        variables = self.discriminator.trainable_variables
+        self.d_optimizer.apply_gradients(zip(tape.gradient(d_loss, variables), variables))
+        return d_loss, real_out, fake_out
+
+    def _generator_step(self, batch_size):
+        z = tf.random.normal((batch_size, self.latent_dim))
+        with tf.GradientTape() as tape:
+            fake_out = self._discriminate(self.generator(z, training=True))
+            if self.loss_name == "wgan_gp":
+                per_pack = objectives.wasserstein_generator_loss(fake_out)
+            elif self.loss_name == "minimax":
+                per_pack = objectives.generator_minimax_loss(fake_out)
+            else:
+                per_pack = objectives.generator_non_saturating_loss(fake_out)
+            g_loss = tf.reduce_mean(per_pack)
+        variables = self.generator.trainable_variables
+        self.g_optimizer.apply_gradients(zip(tape.gradient(g_loss, variables), variables))
+        return g_loss
+
+    def train_step(self, data):
+        real, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        real = tf.cast(real, self.compute_dtype)
+        for _ in range(self.d_steps):
+            d_loss, real_out, fake_out = self._discriminator_step(real)
+        g_loss = self._generator_step(tf.shape(real)[0])
+        if self.loss_name != "wgan_gp":  # report probabilities D(x), not logits
+            real_out, fake_out = tf.sigmoid(real_out), tf.sigmoid(fake_out)
+        self.d_loss_tracker.update_state(d_loss)
+        self.g_loss_tracker.update_state(g_loss)
+        self.d_real_tracker.update_state(tf.reduce_mean(real_out))
+        self.d_fake_tracker.update_state(tf.reduce_mean(fake_out))
+        return {m.name: m.result() for m in self.metrics}
