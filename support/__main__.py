@@ -1,4 +1,4 @@
-"""Command line: ``python -m support {run,regenerate,badges} ...`` (see ``--help``)."""
+"""Command line: ``python -m support {run,sweep,regenerate,badges} ...`` (see ``--help``)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,28 @@ def _parser() -> argparse.ArgumentParser:
                      help="folder for executed notebooks and results (default: runs)")
     run.add_argument("--no-progress", action="store_true", help="hide papermill's progress bar")
 
+    sweep = commands.add_parser(
+        "sweep",
+        help="execute one notebook over a grid of parameter values and collect the results",
+        description="Execute one notebook once per point of the Cartesian grid of the -p "
+        "values, each run in its own folder under --out named from its parameters "
+        "(beta=0.5,latent_dim=8). Every point is checked before the first run. Complete runs "
+        "are skipped when the same command is run again; results.csv and results.png in "
+        "--out collect every complete run.",
+    )
+    sweep.add_argument("notebook", metavar="NOTEBOOK",
+                       help="path, name (03_vae_elbo) or number (03)")
+    sweep.add_argument(
+        "-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUES"),
+        help="a parameter and its comma-separated values, each parsed like a run -p value; "
+        "commas inside [...] belong to a list: -p widths '[128, 64],[512, 256]'. A single "
+        "value fixes the parameter for every run",
+    )
+    sweep.add_argument("--out", default=None,
+                       help="folder of the sweep (default: sweeps/<notebook name>)")
+    sweep.add_argument("--no-progress", action="store_true",
+                       help="print no line per run and no papermill progress bar")
+
     regen = commands.add_parser(
         "regenerate",
         help="re-execute the committed notebooks in place at their defaults and normalise them",
@@ -57,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(runner.failure_report(outcomes), file=sys.stderr)
                 return 1
             print(f"\nExecuted notebooks and results are in {args.out}/")
+        elif args.command == "sweep":
+            return _sweep(args)
         elif args.command == "regenerate":
             runner.regenerate(args.notebooks, progress=not args.no_progress)
         elif args.command == "badges":
@@ -65,6 +89,24 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _sweep(args) -> int:
+    grid = {}
+    for name, text in args.parameter:
+        if name in grid:
+            raise ValueError(f"parameter {name!r} is given twice: give all its values in one "
+                             f"-p, separated by commas")
+        grid[name] = runner.parse_values(text)
+    result = runner.sweep(args.notebook, grid, out=args.out, progress=not args.no_progress)
+    print(result.summary())
+    print(f"results of every complete run: {result.csv}" +
+          (f" and {result.plot.name}" if result.plot else ""))
+    if not result.ok:
+        print(file=sys.stderr)
+        print(runner.sweep_failure_report(result), file=sys.stderr)
+        return 1
     return 0
 
 

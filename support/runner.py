@@ -4,6 +4,9 @@ Behind ``python -m support``:
 
 * ``run [NOTEBOOK ...] [-p NAME VALUE ...] [--out DIR]`` executes notebooks (all, in order, by
   default) and prints one table of every recorded metric;
+* ``sweep NOTEBOOK -p NAME V1,V2,... [...] [--out DIR]`` executes one notebook over the Cartesian
+  grid of the given values, one folder per run, resumable, and collects the recorded metrics
+  into ``results.csv`` and ``results.png`` (see :func:`sweep`);
 * ``regenerate [NOTEBOOK ...]`` re-executes the committed notebooks in place at their defaults
   and normalises them (metadata, cell ids, execution counts);
 * ``badges`` writes each notebook's Colab badge and setup cell from ``pyproject.toml``.
@@ -11,11 +14,16 @@ Behind ``python -m support``:
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
+import math
 import os
+import re
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +184,355 @@ def results_table(outcomes: list[Outcome]) -> str:
             rows.append((outcome.notebook, metric, value))
         rows.append((outcome.notebook, "wall_time_s", round(outcome.seconds, 1)))
     return nb_runtime.text_table(rows, ("notebook", "metric", "value"))
+
+
+# --------------------------------------------------------------------------- sweeps
+
+MAX_PANELS = 12  # metrics drawn in results.png; results.csv has them all
+
+
+def split_values(text: str) -> list[str]:
+    """Split a sweep's ``-p`` values at the commas outside brackets.
+
+    ``"0.25,1,4"`` gives three values and ``"[128, 64],[512, 256]"`` two lists: a comma inside
+    ``[...]`` belongs to the list, so list-valued parameters are swept like any other.
+    """
+    items, current, depth = [], [], 0
+    for char in text:
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+            if depth < 0:
+                break
+        if char == "," and depth == 0:
+            items.append("".join(current).strip())
+            current = []
+        else:
+            current.append(char)
+    if depth != 0:
+        raise ValueError(f"unbalanced brackets in the values {text!r}")
+    items.append("".join(current).strip())
+    if not all(items):
+        raise ValueError(f"empty value in {text!r}: separate the values with single commas")
+    return items
+
+
+def parse_values(text: str) -> list[Any]:
+    """The values of one swept parameter: each comma-separated item parsed by
+    :func:`parse_value` (``"1,2.5,[2, 8]"`` → ``[1, 2.5, [2, 8]]``)."""
+    return [parse_value(item) for item in split_values(text)]
+
+
+def _name_part(value: Any) -> str:
+    """A parameter value as it appears in a run folder's name."""
+    if isinstance(value, bool) or value is None:
+        text = str(value)
+    elif isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        text = str(int(value))  # beta=1, not beta=1.0
+    elif isinstance(value, (list, tuple)):
+        text = "_".join(_name_part(v) for v in value)
+    else:
+        text = str(value)
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
+
+
+def run_name(parameters: Mapping[str, Any]) -> str:
+    """The folder name of one run: ``beta=0.5,latent_dim=8`` (names sorted, so the order of
+    the ``-p`` options does not matter; characters unsafe in file names become ``_``)."""
+    return ",".join(f"{name}={_name_part(parameters[name])}" for name in sorted(parameters))
+
+
+@dataclass
+class SweepRun:
+    """One point of a sweep's grid.
+
+    ``status`` is ``"done"`` (executed now), ``"skipped"`` (completed by an earlier call),
+    ``"failed"``, or ``"pending"`` before the sweep reaches it.
+    """
+
+    name: str
+    parameters: dict[str, Any]
+    folder: Path
+    status: str = "pending"
+    seconds: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+    output: Path | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.status in ("done", "skipped")
+
+
+@dataclass
+class SweepResult:
+    notebook: str
+    out: Path
+    runs: list[SweepRun]
+    csv: Path
+    plot: Path | None
+
+    @property
+    def failed(self) -> list[SweepRun]:
+        return [r for r in self.runs if r.status == "failed"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def summary(self) -> str:
+        counts = {s: sum(r.status == s for r in self.runs) for s in ("done", "skipped", "failed")}
+        return (f"{self.notebook}: {len(self.runs)} run(s): {counts['done']} executed, "
+                f"{counts['skipped']} skipped (completed earlier), {counts['failed']} failed")
+
+
+def plan_sweep(path: Path, grid: Mapping[str, Sequence[Any]], out: Path) -> list[SweepRun]:
+    """The runs of ``grid`` (parameter → list of values) in Cartesian order, every point
+    checked against the notebook's schema before anything runs.
+
+    Raises ``ValueError`` naming the parameter and value for the first bad point.
+    """
+    notebook = path.stem
+    if not grid:
+        raise ValueError("a sweep needs at least one parameter and its values (-p NAME V1,V2)")
+    for name, values in grid.items():
+        if name == "results_dir":
+            raise ValueError("results_dir cannot be swept: each run writes its results into "
+                             "its own folder under the sweep's output folder")
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+            raise ValueError(f"the values of {name} must be a non-empty list, not {values!r} "
+                             "(a list-valued parameter takes a list of lists)")
+    names = list(grid)
+    runs: dict[str, SweepRun] = {}
+    for combination in itertools.product(*(grid[n] for n in names)):
+        try:
+            checked = nb_runtime.validate(notebook, dict(zip(names, combination)))
+        except ValueError as exc:
+            raise ValueError(f"{notebook}: {exc}") from None
+        parameters = {n: checked[n] for n in names}
+        name = run_name(parameters)
+        if name in runs:
+            raise ValueError(
+                f"two runs of the sweep would share the folder {name!r} "
+                f"({runs[name].parameters} and {parameters}): give each value once"
+            )
+        runs[name] = SweepRun(name, parameters, out / name)
+    return list(runs.values())
+
+
+def sweep(
+    notebook: str | os.PathLike,
+    grid: Mapping[str, Sequence[Any]],
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+    stream=sys.stdout,
+) -> SweepResult:
+    """Execute ``notebook`` once per point of the Cartesian grid of ``grid``'s values.
+
+    Each run gets the folder ``<out>/<name>/`` (``out`` defaults to ``sweeps/<notebook>``,
+    ``name`` from :func:`run_name`) holding the executed ``<notebook>.ipynb`` and the
+    ``<notebook>.json`` that ``record()`` writes there (``results_dir`` points at the folder).
+    A list-valued parameter is swept over a list of lists: ``{"widths": [[128], [256, 64]]}``.
+
+    Every point is validated before the first run. A failing run does not stop the sweep:
+    its partial notebook is kept as ``<notebook>.FAILED.ipynb`` (and what it recorded as
+    ``<notebook>.FAILED.json``). A run is complete when its executed notebook and results
+    both exist; the notebook is renamed into place only after its last cell succeeded, so an
+    interrupted run is never complete, and a second call with the same ``out`` skips the
+    complete runs. Finally ``<out>/results.csv`` (one row per complete run: the swept
+    parameters, then the flattened metrics, then ``wall_time_s``) and ``<out>/results.png``
+    are (re)written atomically from every complete run of the grid.
+
+    ``progress`` prints a line per run to ``stream`` and papermill's progress bar.
+    """
+    path = resolve(os.fspath(notebook))
+    out = Path(out if out is not None else Path("sweeps") / path.stem).resolve()
+    runs = plan_sweep(path, grid, out)
+    for i, item in enumerate(runs, 1):
+        if progress:
+            print(f"[{i}/{len(runs)}] {item.name}", file=stream, flush=True)
+        if _load_complete(item, path.stem):
+            item.status = "skipped"
+            if progress:
+                print("    skipped: completed by an earlier sweep", file=stream, flush=True)
+            continue
+        _execute_run(item, path, progress)
+        if progress:
+            if item.completed:
+                print(f"    done in {item.seconds:.0f} s", file=stream, flush=True)
+            else:
+                print(f"    FAILED after {item.seconds:.0f} s: {item.error}", file=stream,
+                      flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(grid)
+    rows = [{**r.parameters, **nb_runtime.flatten(r.metrics), "wall_time_s": round(r.seconds, 1)}
+            for r in runs if r.completed]
+    csv_path = out / "results.csv"
+    _write_atomic(csv_path, lambda tmp: _write_csv(tmp, names, rows))
+    plot_path = out / "results.png"
+    figure = sweep_figure(path.stem, names, rows)
+    if figure is None:
+        plot_path.unlink(missing_ok=True)  # a stale plot would disagree with the CSV
+        plot_path = None
+    else:
+        _write_atomic(plot_path, lambda tmp: figure.savefig(tmp, format="png", dpi=80))
+    return SweepResult(path.stem, out, runs, csv_path, plot_path)
+
+
+def _run_files(folder: Path, notebook: str) -> dict[str, Path]:
+    return {
+        "executed": folder / f"{notebook}.ipynb",
+        "results": folder / f"{notebook}.json",
+        "running": folder / f".{notebook}.running.ipynb",
+        "failed": folder / f"{notebook}{FAILED_SUFFIX}",
+        "failed_results": folder / f"{notebook}.FAILED.json",
+    }
+
+
+def _load_complete(item: SweepRun, notebook: str) -> bool:
+    """Fill ``item`` from an earlier complete run of the same parameters, if there is one."""
+    files = _run_files(item.folder, notebook)
+    if not (files["executed"].is_file() and files["results"].is_file()):
+        return False
+    try:
+        document = json.loads(files["results"].read_text())
+        executed = json.loads(files["executed"].read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    recorded = document.get("parameters", {})
+    if any(recorded.get(name) != value for name, value in item.parameters.items()):
+        return False  # a folder name shared by other values (after making names file-safe)
+    item.metrics = document.get("metrics", {})
+    item.seconds = executed.get("metadata", {}).get("papermill", {}).get("duration") or 0.0
+    item.output = files["executed"]
+    return True
+
+
+def _execute_run(item: SweepRun, path: Path, progress: bool) -> None:
+    files = _run_files(item.folder, path.stem)
+    item.folder.mkdir(parents=True, exist_ok=True)
+    for stale in files.values():
+        stale.unlink(missing_ok=True)
+    parameters = {**item.parameters, "results_dir": str(item.folder)}
+    began = time.perf_counter()
+    try:
+        execute(path, files["running"], parameters, progress=progress)
+        if not files["results"].is_file():
+            raise RuntimeError(f"the notebook ran to the end but recorded no results "
+                               f"({files['results'].name} is missing)")
+        item.metrics = json.loads(files["results"].read_text()).get("metrics", {})
+    except Exception as exc:  # papermill's errors carry the cell's exception
+        item.seconds = time.perf_counter() - began
+        item.status, item.error = "failed", _describe(exc)
+        if files["running"].exists():
+            os.replace(files["running"], files["failed"])
+        if files["results"].exists():
+            os.replace(files["results"], files["failed_results"])
+        item.output = files["failed"]
+        return
+    item.seconds = time.perf_counter() - began
+    os.replace(files["running"], files["executed"])
+    item.status, item.output = "done", files["executed"]
+
+
+def _write_atomic(path: Path, write: Callable[[str], None]) -> None:
+    """Write ``path`` through ``write(temporary_path)`` and rename: never half a file."""
+    tmp = str(path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}"))
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return "" if value is None else value
+
+
+def _write_csv(path: str, names: list[str], rows: list[dict[str, Any]]) -> None:
+    columns = list(names)
+    for row in rows:
+        columns += [c for c in row if c not in columns and c != "wall_time_s"]
+    columns.append("wall_time_s")
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([_csv_cell(row.get(c)) for c in columns])
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def sweep_figure(notebook: str, names: list[str], rows: list[dict[str, Any]]):
+    """One small panel per numeric metric (those that vary across runs first, at most
+    ``MAX_PANELS``) against the first parameter with several values; one line per
+    combination of the other varying parameters. ``None`` when there is nothing to draw."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    metrics = []
+    for row in rows:
+        metrics += [c for c in row if c not in names and c != "wall_time_s" and c not in metrics]
+    numeric = [m for m in metrics if all(_is_number(r[m]) for r in rows if m in r)]
+    varying = [m for m in numeric if len({r[m] for r in rows if m in r}) > 1]
+    chosen = (varying or numeric)[:MAX_PANELS]
+    if not rows or not chosen:
+        return None
+    swept = [n for n in names if len({json.dumps(r[n]) for r in rows}) > 1] or names[:1]
+    x_name, series = swept[0], swept[1:]
+    numeric_x = all(_is_number(r[x_name]) for r in rows)
+    labels = list(dict.fromkeys(_name_part(r[x_name]) for r in rows))
+
+    def x_of(row):
+        return row[x_name] if numeric_x else labels.index(_name_part(row[x_name]))
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        key = ", ".join(f"{n}={_name_part(row[n])}" for n in series)
+        groups.setdefault(key, []).append(row)
+    columns = min(3, len(chosen))
+    lines = math.ceil(len(chosen) / columns)
+    figure = Figure(figsize=(4 * columns, 3 * lines + 0.6), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(lines, columns, squeeze=False).ravel()
+    xs = [x_of(r) for r in rows]
+    log_x = numeric_x and min(xs) > 0 and max(xs) / min(xs) >= 10
+    for ax, metric in zip(axes, chosen):
+        for key, members in groups.items():
+            points = sorted((x_of(r), r[metric]) for r in members if metric in r)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key or None)
+        ax.set_title(metric, fontsize=9)
+        ax.set_xlabel(x_name)
+        ax.set_ylabel(metric.rsplit(".", 1)[-1])
+        if log_x:
+            ax.set_xscale("log")
+        if not numeric_x:
+            ax.set_xticks(range(len(labels)), labels)
+        elif len(set(xs)) <= 8:  # a tick at each swept value, written as in the folder names
+            ax.set_xticks(sorted(set(xs)), [_name_part(x) for x in sorted(set(xs))])
+            ax.set_xticks([], minor=True)
+    for ax in axes[len(chosen):]:
+        ax.set_visible(False)
+    if len(groups) > 1:
+        axes[0].legend(title=", ".join(series), fontsize=7, title_fontsize=7)
+    title = f"{notebook}: {len(rows)} run(s), metrics against {x_name}"
+    if len(varying) > MAX_PANELS:
+        title += f" (first {MAX_PANELS} of {len(varying)} varying metrics; all in results.csv)"
+    figure.suptitle(title)
+    return figure
+
+
+def sweep_failure_report(result: SweepResult) -> str:
+    failed = result.failed
+    lines = [f"{len(failed)} of {len(result.runs)} run(s) of {result.notebook} failed:"]
+    lines += [f"  {r.name}: {r.error}\n    (partial output: {r.output})" for r in failed]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- committed notebooks

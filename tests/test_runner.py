@@ -86,3 +86,173 @@ def test_normalise_keeps_tags_and_gives_stable_ids():
     assert nb.cells[0].metadata == {"tags": ["parameters"]}
     assert nb.cells[1]["id"] == "cell-01"
     assert "papermill" not in nb.metadata and nb.metadata["kernelspec"]["name"] == "python3"
+
+
+# --------------------------------------------------------------------------- sweeps
+#
+# The sweeps run a tiny stand-in for 00_start_here (the schema is looked up by the notebook's
+# name): it declares the same parameters and writes the results file that record() would, without
+# importing `support` (and so TensorFlow) in its kernel, so that each run takes about a second.
+
+TINY_SOURCE = """\
+import json
+import os
+
+if samples == 13:
+    raise RuntimeError("unlucky samples")
+metrics = {"square": samples**2, "half": samples / 2, "constant": 1, "label": "text",
+           "parts": {"offset": samples + seed}}
+parameters = {"dataset": dataset, "samples": samples, "mixture_samples": mixture_samples,
+              "seed": seed, "results_dir": results_dir}
+with open(os.path.join(results_dir, "00_start_here.json"), "w") as f:
+    json.dump({"notebook": "00_start_here", "parameters": parameters, "metrics": metrics}, f)
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    parameters = nbformat.v4.new_code_cell(
+        'dataset = "digits"\nsamples = 32\nmixture_samples = 2500\nseed = 0\n'
+        'results_dir = "results"',
+        metadata={"tags": ["parameters"]},
+    )
+    nb = nbformat.v4.new_notebook(cells=[parameters, nbformat.v4.new_code_cell(TINY_SOURCE)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    path = tmp_path / "src" / "00_start_here.ipynb"
+    path.parent.mkdir()
+    nbformat.write(nb, path)
+    return path
+
+
+def sweep_cli(*args):
+    from support.__main__ import main
+
+    return main(["sweep", *args])
+
+
+def read_csv(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_sweep_values_split_at_commas_outside_brackets():
+    assert runner.parse_values("0.25,1,4") == [0.25, 1, 4]
+    assert runner.parse_values("[128, 64],[512, 256]") == [[128, 64], [512, 256]]
+    assert runner.parse_values("dense, conv") == ["dense", "conv"]
+    assert runner.parse_values("8") == [8]
+    with pytest.raises(ValueError, match="unbalanced brackets"):
+        runner.parse_values("[1, 2")
+    with pytest.raises(ValueError, match="empty value in '1,,2'"):
+        runner.parse_values("1,,2")
+
+
+def test_run_names_are_sorted_and_file_safe():
+    assert runner.run_name({"latent_dim": 8, "beta": 0.5}) == "beta=0.5,latent_dim=8"
+    assert runner.run_name({"beta": 1.0, "lr": 1e-05}) == "beta=1,lr=1e-05"
+    assert runner.run_name({"widths": [128, 64], "dataset": "a/b c"}) == (
+        "dataset=a_b_c,widths=128_64")
+
+
+def test_sweep_plan_checks_every_point_and_folder(tmp_path):
+    path = NOTEBOOKS / "03_vae_elbo.ipynb"
+    runs = runner.plan_sweep(path, {"beta": [0.25, 1], "widths": [[128, 64], [32]]}, tmp_path)
+    assert [r.name for r in runs] == ["beta=0.25,widths=128_64", "beta=0.25,widths=32",
+                                      "beta=1,widths=128_64", "beta=1,widths=32"]
+    assert runs[2].parameters == {"beta": 1.0, "widths": [128, 64]}  # checked: 1 became 1.0
+    with pytest.raises(ValueError, match="share the folder 'beta=1'"):
+        runner.plan_sweep(path, {"beta": [1, 1.0]}, tmp_path)
+    with pytest.raises(ValueError, match="results_dir cannot be swept"):
+        runner.plan_sweep(path, {"results_dir": ["a", "b"]}, tmp_path)
+    with pytest.raises(ValueError, match="03_vae_elbo: parameter widths=128 is not allowed"):
+        runner.plan_sweep(path, {"widths": [128, 64]}, tmp_path)  # a list of lists is needed
+
+
+def test_sweep_of_two_values_writes_runs_csv_and_plot(tiny, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert sweep_cli(str(tiny), "-p", "samples", "2,3", "-p", "seed", "5",
+                     "--out", str(out), "--no-progress") == 0
+    printed = capsys.readouterr().out
+    assert "2 run(s): 2 executed, 0 skipped (completed earlier), 0 failed" in printed
+    assert sorted(p.name for p in out.iterdir()) == [
+        "results.csv", "results.png", "samples=2,seed=5", "samples=3,seed=5"]
+    for folder in ("samples=2,seed=5", "samples=3,seed=5"):
+        assert sorted(p.name for p in (out / folder).iterdir()) == [
+            "00_start_here.ipynb", "00_start_here.json"]
+    rows = read_csv(out / "results.csv")
+    assert list(rows[0])[:2] == ["samples", "seed"]  # parameter columns first
+    assert [(r["samples"], r["seed"], r["square"], r["parts.offset"]) for r in rows] == [
+        ("2", "5", "4", "7"), ("3", "5", "9", "8")]
+    assert list(rows[0])[-1] == "wall_time_s" and float(rows[0]["wall_time_s"]) > 0
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sweep_reports_a_failing_run_and_keeps_the_others(tiny, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert sweep_cli(str(tiny), "-p", "samples", "2,13", "--out", str(out), "--no-progress") == 1
+    captured = capsys.readouterr()
+    assert "1 executed, 0 skipped (completed earlier), 1 failed" in captured.out
+    assert "1 of 2 run(s) of 00_start_here failed" in captured.err
+    assert "samples=13: RuntimeError: unlucky samples" in captured.err
+    failed = out / "samples=13"
+    assert (failed / "00_start_here.FAILED.ipynb").is_file()
+    assert not (failed / "00_start_here.ipynb").exists()
+    assert [r["samples"] for r in read_csv(out / "results.csv")] == ["2"]
+
+
+def test_an_interrupted_sweep_resumes_and_skips_complete_runs(tiny, tmp_path):
+    import io
+
+    out = tmp_path / "sweep"
+    first = runner.sweep(tiny, {"samples": [2, 3]}, out, progress=False)
+    assert [r.status for r in first.runs] == ["done", "done"]
+    kept = out / "samples=2" / "00_start_here.ipynb"
+    kept_mtime = kept.stat().st_mtime_ns
+    # Interrupt samples=3 after it recorded its metrics, before its last cell: the results
+    # file is there, the executed notebook only as papermill's partial copy.
+    interrupted = out / "samples=3"
+    (interrupted / "00_start_here.ipynb").rename(interrupted / ".00_start_here.running.ipynb")
+    assert (interrupted / "00_start_here.json").is_file()
+    printed = io.StringIO()
+    second = runner.sweep(tiny, {"samples": [2, 3]}, out, progress=True, stream=printed)
+    assert [r.status for r in second.runs] == ["skipped", "done"]
+    assert "[1/2] samples=2\n    skipped: completed by an earlier sweep" in printed.getvalue()
+    assert kept.stat().st_mtime_ns == kept_mtime
+    assert (interrupted / "00_start_here.ipynb").is_file()
+    assert not (interrupted / ".00_start_here.running.ipynb").exists()
+    rows = read_csv(out / "results.csv")
+    assert [r["samples"] for r in rows] == ["2", "3"]
+    assert float(rows[0]["wall_time_s"]) > 0  # a skipped run's time, from its notebook
+    assert second.plot == out / "results.png" and second.ok
+
+
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        (["-p", "samples", "2,0"], "00_start_here: parameter samples=0 is not allowed: samples "
+                                   "must be an integer from 1 to 200"),
+        (["-p", "samples", "2,2.5"], "00_start_here: parameter samples=2.5 is not allowed"),
+        (["-p", "samples", "2", "-p", "nope", "1"],
+         "00_start_here: unknown parameter 'nope' for 00_start_here"),
+        (["-p", "samples", "2", "-p", "samples", "3"], "parameter 'samples' is given twice"),
+        (["-p", "samples", "[2,3"], "unbalanced brackets"),
+    ],
+)
+def test_sweep_rejects_a_bad_value_before_any_run(tiny, tmp_path, capsys, values, message):
+    out = tmp_path / "sweep"
+    assert sweep_cli(str(tiny), *values, "--out", str(out)) == 2
+    assert f"error: {message}" in capsys.readouterr().err
+    assert not out.exists()  # nothing ran
+
+
+def test_sweep_figure_draws_one_line_per_value_of_the_second_parameter():
+    rows = [{"beta": b, "latent_dim": k, "loss": b * k, "name": "x", "wall_time_s": 1.0}
+            for k in (2, 8) for b in (0.25, 1.0, 4.0)]
+    figure = runner.sweep_figure("03_vae_elbo", ["beta", "latent_dim"], rows)
+    (ax,) = [a for a in figure.axes if a.get_visible()]  # one numeric metric: loss
+    assert ax.get_title() == "loss" and ax.get_xlabel() == "beta" and ax.get_xscale() == "log"
+    assert [line.get_label() for line in ax.get_lines()] == ["latent_dim=2", "latent_dim=8"]
+    assert list(ax.get_lines()[1].get_ydata()) == [2.0, 8.0, 32.0]
+    assert runner.sweep_figure("03_vae_elbo", ["beta"], []) is None
