@@ -443,3 +443,100 @@ def noisy_pairs(x: np.ndarray, *, noise: str = "gaussian", level: float = 0.3,
         return noisy, clean
 
     return data.map(pair, num_parallel_calls=tf.data.AUTOTUNE).repeat().prefetch(tf.data.AUTOTUNE)
+
+
+# --------------------------------------------------------------------------- step-indexed batches
+
+# Stream tags folded into the seed, so that the permutations and the binarization bits never
+# share a random stream.
+_ORDER_STREAM, _BITS_STREAM = 0, 1
+
+
+def step_batches(
+    x: np.ndarray,
+    batch_size: int = 128,
+    *,
+    seed: int = 0,
+    start_step: int = 0,
+    steps: int | None = None,
+    binarization: str = "none",
+):
+    """A ``tf.data.Dataset`` of batches indexed by the training step, for resumable training.
+
+    Batch ``s`` (``s = 0, 1, ...``) is a pure function of ``(x, seed, s)``. With
+    ``m = n // batch_size`` batches per epoch, step ``s`` lies in epoch ``e = s // m`` and holds
+    the examples at positions ``(s % m) * batch_size`` to ``(s % m + 1) * batch_size - 1`` of
+    that epoch's permutation of ``x``, drawn statelessly from ``(seed, e)``. The remainder is
+    **dropped**: the last ``n % batch_size`` examples of each permutation are left out, so every
+    batch has the same shape and each example appears at most once per epoch (exactly once when
+    ``batch_size`` divides ``n``); which examples are left out changes from epoch to epoch.
+
+    ``start_step`` gives the tail of that same sequence, so a training resumed at step ``s``
+    sees exactly the batches the uninterrupted training would have seen. ``steps`` limits the
+    number of batches (``None``: endless).
+
+    ``binarization``: ``"none"``; ``"static"`` (one fixed draw, :func:`binarize` with ``seed``);
+    ``"dynamic"`` (fresh Bernoulli bits for every batch, drawn statelessly from ``(seed, s)``,
+    so a resumed training sees the same bits too).
+
+    Args:
+        x: ``[n, ...]`` examples, ``n >= batch_size``.
+        batch_size: examples per batch.
+        seed: seed of the permutations and of the binarization.
+        start_step: index of the first batch, ``>= 0``.
+        steps: number of batches, or ``None`` for an endless dataset.
+        binarization: ``"none"``, ``"static"`` or ``"dynamic"``.
+
+    Returns:
+        Batches ``[batch_size, ...]`` float32.
+    """
+    import tensorflow as tf
+
+    if binarization not in ("none", "static", "dynamic"):
+        raise ValueError(
+            f"binarization={binarization!r} is not allowed; choose none, static or dynamic."
+        )
+    for value, name in ((batch_size, "batch_size"), (start_step, "start_step"), (seed, "seed")):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{name}={value!r} must be an integer.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
+    if start_step < 0:
+        raise ValueError(f"start_step={start_step!r} must be an integer >= 0.")
+    if steps is not None and (
+        isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0
+    ):
+        raise ValueError(f"steps={steps!r} must be an integer >= 0 or None.")
+    x = np.asarray(x, dtype=np.float32)
+    n = len(x)
+    batches_per_epoch = n // batch_size
+    if x.ndim < 1 or batches_per_epoch == 0:
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the {n} examples of x; the remainder is "
+            "dropped, so an epoch would have no batch. Use batch_size <= len(x)."
+        )
+    if binarization == "static":
+        x = binarize(x, seed)
+    examples = tf.constant(x)
+    first_epoch, offset = divmod(int(start_step), batches_per_epoch)
+    order_key = tf.constant([int(seed), _ORDER_STREAM], tf.int64)
+    bits_key = tf.constant([int(seed), _BITS_STREAM], tf.int64)
+
+    def epoch_batches(epoch):
+        key = tf.random.experimental.stateless_fold_in(order_key, epoch)
+        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=key)
+        order = tf.reshape(order[: batches_per_epoch * batch_size], (batches_per_epoch, batch_size))
+        step = epoch * batches_per_epoch + tf.range(batches_per_epoch, dtype=tf.int64)
+        return tf.data.Dataset.from_tensor_slices((step, order))
+
+    def gather(step, order):
+        batch = tf.gather(examples, order)
+        if binarization == "dynamic":
+            key = tf.random.experimental.stateless_fold_in(bits_key, step)
+            batch = tf.cast(tf.random.stateless_uniform(tf.shape(batch), seed=key) < batch, batch.dtype)
+        return batch
+
+    batches = tf.data.Dataset.counter(first_epoch).flat_map(epoch_batches).skip(offset)
+    if steps is not None:
+        batches = batches.take(int(steps))
+    return batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

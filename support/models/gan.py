@@ -168,6 +168,9 @@ class GAN(keras.Model):
         self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
         self.d_real_tracker = keras.metrics.Mean(name="d_real")
         self.d_fake_tracker = keras.metrics.Mean(name="d_fake")
+        # The training noise (z, and alpha of WGAN-GP) comes from this generator: its state is a
+        # variable, so a checkpoint restores it and a resumed training draws the same noise.
+        self.seed_generator = keras.random.SeedGenerator()
         self.built = True
 
     def get_config(self):
@@ -261,8 +264,12 @@ class GAN(keras.Model):
     def _discriminate(self, x, training=True):
         return self.discriminator(self._packed(x), training=training)
 
+    def _noise(self, batch_size):
+        """``z ~ N(0, I)``, ``[batch_size, latent_dim]``, from the model's seed generator."""
+        return keras.random.normal((batch_size, self.latent_dim), seed=self.seed_generator)
+
     def _discriminator_step(self, real):
-        z = tf.random.normal((tf.shape(real)[0], self.latent_dim))
+        z = self._noise(tf.shape(real)[0])
         fake = self.generator(z, training=True)
         with tf.GradientTape() as tape:
             real_out = self._discriminate(real)
@@ -270,7 +277,8 @@ class GAN(keras.Model):
             if self.loss_name == "wgan_gp":
                 per_pack = objectives.wasserstein_critic_loss(real_out, fake_out)
                 penalty = objectives.gradient_penalty(
-                    self.discriminator, self._packed(real), self._packed(fake)
+                    self.discriminator, self._packed(real), self._packed(fake),
+                    seed=self.seed_generator.next(),
                 )
                 per_pack = per_pack + self.gp_weight * penalty
             else:
@@ -281,7 +289,7 @@ class GAN(keras.Model):
         return d_loss, real_out, fake_out
 
     def _generator_step(self, batch_size):
-        z = tf.random.normal((batch_size, self.latent_dim))
+        z = self._noise(batch_size)
         with tf.GradientTape() as tape:
             fake_out = self._discriminate(self.generator(z, training=True))
             if self.loss_name == "wgan_gp":

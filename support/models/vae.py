@@ -172,6 +172,9 @@ class VAE(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction")
         self.kl_tracker = keras.metrics.Mean(name="kl")
+        # The reparameterization noise of training comes from this generator: its state is a
+        # variable, so a checkpoint restores it and a resumed training draws the same noise.
+        self.seed_generator = keras.random.SeedGenerator()
         # Every variable exists now (the Sequentials start with an Input): marking the model
         # built lets `.keras` files restore weights and optimizer state without a first call.
         self.built = True
@@ -288,7 +291,7 @@ class VAE(keras.Model):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         x = tf.cast(x, self.compute_dtype)
         z_mean, z_log_var = self._posterior(x, training=training)
-        epsilon = tf.random.normal(tf.shape(z_mean), dtype=z_mean.dtype)
+        epsilon = keras.random.normal(tf.shape(z_mean), dtype=z_mean.dtype, seed=self.seed_generator)
         z = z_mean + tf.exp(0.5 * z_log_var) * epsilon  # the reparameterization trick
         reconstruction = -self.log_likelihood(x, self.decoder(z, training=training))
         kl = objectives.kl_diagonal_gaussian_standard_normal(z_mean, z_log_var)
