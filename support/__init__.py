@@ -16,10 +16,15 @@ def _import_tensorflow_quietly():
     TensorFlow writes them to file descriptor 2 before its logging is configured, so no
     environment variable silences them, and in a notebook they would fill the first output.
     Python errors still raise as usual. ``SUPPORT_TF_VERBOSE=1`` keeps the lines.
+
+    Later C++ log lines are filtered up to level 3 (errors included): graph optimisers such as
+    grappler's remapper log an "error" when a fusion does not apply to a gradient (the DCGAN
+    discriminator's LeakyReLU) and then run the graph unfused, a harmless message that would
+    otherwise appear in a notebook's output. Real failures still raise Python exceptions.
     """
     if "tensorflow" in _sys.modules or _os.environ.get("SUPPORT_TF_VERBOSE"):
         return
-    _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         _sys.stderr.flush()
         saved = _os.dup(2)

@@ -43,7 +43,8 @@ class Param:
     ``type`` is ``int``, ``float``, ``str``, ``bool`` or ``list`` (a list of ``item`` values,
     ints by default, each checked against ``low``/``high``; the text ``"[2, 8]"``, as
     papermill's ``-p`` passes it, is read as YAML). Bounds are inclusive. ``kind="dir"`` marks
-    a folder path: it must be non-empty and must not name an existing file.
+    a folder path: it must be non-empty and must not name an existing file;
+    ``kind="optional_dir"`` is the same, or ``""`` to turn the feature off.
     """
 
     name: str
@@ -63,6 +64,8 @@ class Param:
                 list: f"a list of {'numbers' if self.item is float else 'integers'}"}[self.type]
         if self.kind == "dir":
             return "a non-empty folder path that is not an existing file"
+        if self.kind == "optional_dir":
+            return "a folder path that is not an existing file, or \"\" for none"
         if self.low is not None and self.high is not None:
             return f"{noun} from {self.low} to {self.high}"
         if self.low is not None:
@@ -116,7 +119,9 @@ class Param:
             fail()
         if self.type in (int, float) and not self._in_range(value):
             fail()
-        if self.kind == "dir":
+        if self.kind == "optional_dir" and value == "":
+            return value
+        if self.kind in ("dir", "optional_dir"):
             if not value.strip():
                 fail(" (empty)")
             if Path(value).expanduser().is_file():
@@ -212,6 +217,51 @@ SCHEMAS: dict[str, tuple[Param, ...]] = {
         Param("sweep_epochs", int, 60, "passes for each smaller comparison run", low=1,
               high=5000),
         Param("linear_epochs", int, 100, "passes for the linear-Gaussian VAE", low=1, high=5000),
+        TRAIN_SIZE,
+        Param("test_size", int, 0, "first N test images to score (0: all)", low=0, high=10_000),
+        SEED,
+        RESULTS_DIR,
+    ),
+    "04_gan_training": (
+        Param("dataset", str, "digits", "data set of the image GAN",
+              choices=("digits", "mnist", "fashion_mnist")),
+        Param("toy", str, "ring8", "2-D mixture of the mode-collapse experiment",
+              choices=("ring8", "grid25")),
+        Param("loss", str, "non_saturating", "the GAN objective",
+              choices=("non_saturating", "minimax", "wgan_gp")),
+        Param("latent_dim", int, 32, "size of the DCGAN's noise z", low=1, high=512),
+        Param("d_steps", int, 1, "discriminator updates per generator update", low=1, high=20),
+        Param("epochs", int, 100, "passes over the training images for the DCGAN", low=1,
+              high=5000),
+        Param("toy_steps", int, 2000, "generator updates of each run on the 2-D mixture",
+              low=10, high=1_000_000),
+        BATCH_SIZE,
+        Param("toy_batch_size", int, 256, "points per step on the 2-D mixture", low=2,
+              high=100_000),
+        Param("learning_rate", float, 0.0005, "Adam rate of the DCGAN (both networks)",
+              low=1e-6, high=1.0),
+        Param("toy_learning_rate", float, 0.001, "peak Adam rate of the 2-D GANs", low=1e-6,
+              high=1.0),
+        Param("filters", int, 32, "width of the DCGAN (filters of its first conv layer)",
+              low=1, high=512),
+        Param("seeds", list, [0, 1, 2], "seeds of the runs on the 2-D mixture", low=0,
+              high=2**31 - 1),
+        Param("checkpoint_dir", str, "", "folder of DCGAN checkpoints; a rerun resumes ('': off)",
+              kind="optional_dir"),
+        Param("checkpoint_every", int, 500, "DCGAN steps between checkpoints", low=1,
+              high=1_000_000),
+        TRAIN_SIZE,
+        SEED,
+        RESULTS_DIR,
+    ),
+    "05_comparison": (
+        DATASET,
+        LATENT_DIM,
+        Param("epochs", int, 100, "passes for the autoencoder and the VAE", low=1, high=5000),
+        Param("gan_epochs", int, 100, "passes for the GAN", low=1, high=5000),
+        BATCH_SIZE,
+        Param("nll_samples", int, 1000, "importance samples k of the VAE's test NLL", low=1,
+              high=100_000),
         TRAIN_SIZE,
         Param("test_size", int, 0, "first N test images to score (0: all)", low=0, high=10_000),
         SEED,

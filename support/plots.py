@@ -97,6 +97,7 @@ def curves(
     ylabel: str = "loss",
     title: str | None = None,
     logy: bool = False,
+    logx: bool = False,
     hlines: Mapping[str, float] | None = None,
     x: Sequence[float] | None = None,
     marker: str | None = None,
@@ -116,6 +117,8 @@ def curves(
         ax.axhline(value, linestyle=":", linewidth=1.5, color=greys[i % len(greys)], label=name)
     if logy:
         ax.set_yscale("log")
+    if logx:
+        ax.set_xscale("log")
     if ylim is not None:
         ax.set_ylim(*ylim)
     ax.set_xlabel(xlabel)
@@ -263,5 +266,98 @@ def latent_manifold(decode, *, n: int = 15, image_shape=(8, 8, 1), title: str | 
     ax.set_xlabel("$z_1$")
     ax.set_ylabel("$z_2$")
     ax.set_title(title or "Decoded means over the code space")
+    fig.tight_layout()
+    return fig
+
+
+def mixture_snapshots(
+    rows: Mapping[str, Sequence[tuple[int, np.ndarray]]],
+    centers: np.ndarray,
+    *,
+    data: np.ndarray | None = None,
+    step_label: str = "step",
+    title: str | None = None,
+    size: float = 2.0,
+):
+    """A grid of 2-D sample scatters: one row per named run, one column per snapshot
+    ``(step, points [n, 2])``, drawn over the data (grey) with the mode centres (crosses)."""
+    names = list(rows)
+    columns = max(len(v) for v in rows.values())
+    fig, axes = plt.subplots(len(names), columns, figsize=(2.1 * columns, 2.2 * len(names)),
+                             squeeze=False, sharex=True, sharey=True)
+    centers = np.asarray(centers)
+    span = np.abs(centers).max() * 1.35
+    for r, name in enumerate(names):
+        for c, ax in enumerate(axes[r]):
+            if c >= len(rows[name]):
+                ax.set_axis_off()
+                continue
+            step, points = rows[name][c]
+            if data is not None:
+                ax.scatter(data[:, 0], data[:, 1], s=size, color="0.8")
+            ax.scatter(points[:, 0], points[:, 1], s=size, alpha=0.5, color="C0")
+            ax.scatter(centers[:, 0], centers[:, 1], marker="x", s=20, color="black")
+            ax.set_xlim(-span, span)
+            ax.set_ylim(-span, span)
+            ax.set_aspect("equal")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0 or len(rows[name]) != columns:
+                ax.set_title(f"{step_label} {step}", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def tile(images: np.ndarray, columns: int = 8, pad: int = 1) -> np.ndarray:
+    """``[n, h, w(, 1)]`` images as one ``[rows * (h + pad) - pad, columns * (w + pad) - pad]``
+    array (padding at 0, i.e. white on ``gray_r``): many small images in one panel."""
+    images = np.asarray(images)
+    if images.ndim == 4:
+        images = images[..., 0]
+    n, h, w = images.shape
+    rows = int(np.ceil(n / columns))
+    out = np.zeros((rows * (h + pad) - pad, columns * (w + pad) - pad), dtype=np.float32)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        out[r * (h + pad): r * (h + pad) + h, c * (w + pad): c * (w + pad) + w] = image
+    return out
+
+
+def model_gallery(
+    panels: Mapping[str, Mapping[str, np.ndarray | str]],
+    *,
+    columns: int = 6,
+    title: str | None = None,
+    cmap: str = "gray_r",
+):
+    """One column per model, one row per kind of output (e.g. ``"samples"``,
+    ``"reconstructions"``): each cell tiles that model's images; a string instead of images
+    leaves the cell empty with that text (e.g. "no encoder" for a GAN's reconstructions)."""
+    models = list(panels)
+    kinds = list(dict.fromkeys(kind for outputs in panels.values() for kind in outputs))
+    fig, axes = plt.subplots(len(kinds), len(models), figsize=(2.6 * len(models), 2.7 * len(kinds)),
+                             squeeze=False)
+    for c, model in enumerate(models):
+        for r, kind in enumerate(kinds):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            images = panels[model].get(kind, "")
+            if isinstance(images, str):
+                ax.text(0.5, 0.5, images, ha="center", va="center", color="0.4", transform=ax.transAxes)
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+            else:
+                ax.imshow(tile(images, columns), cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+            if r == 0:
+                ax.set_title(model)
+            if c == 0:
+                ax.set_ylabel(kind)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -827,3 +827,46 @@ def fit_resumable(
         save(control.step)
     return ResumableFit(history, start_step, control.step - start_step,
                         None if manager is None else manager.latest_checkpoint)
+
+
+class SampleSnapshots(keras.callbacks.Callback):
+    """Samples of a generative model (anything with ``sample(n, seed)``: the GAN, the VAE) at
+    the end of every ``every``-th epoch, always from the same noise, so that a sequence of
+    snapshots shows how the model's output for fixed ``z`` changes during training.
+
+    Attributes:
+        snapshots: ``[(epoch, samples), ...]`` with ``epoch`` counted from 1 and ``samples`` a
+            NumPy array ``[n, ...]``.
+    """
+
+    def __init__(self, n: int, seed: int = 0, every: int = 1):
+        super().__init__()
+        if not isinstance(n, int) or n < 1 or not isinstance(every, int) or every < 1:
+            raise ValueError(f"n={n!r} and every={every!r} must be positive integers.")
+        self.n, self.seed, self.every = n, seed, every
+        self.snapshots: list[tuple[int, np.ndarray]] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every == 0:
+            self.snapshots.append((epoch + 1, np.asarray(self.model.sample(self.n, seed=self.seed))))
+
+
+class Interrupted(RuntimeError):
+    """Raised by :class:`InterruptAt`: training stopped on purpose, as by a crash."""
+
+
+class InterruptAt(keras.callbacks.Callback):
+    """Stop ``fit`` by raising :class:`Interrupted` after the ``step``-th training batch of
+    this call, as a crashed or stopped kernel would: a way to show (and test) that a run
+    resumed from its checkpoints loses no step."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        if not isinstance(step, int) or step < 1:
+            raise ValueError(f"step={step!r} must be a positive integer.")
+        self.step, self.seen = step, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.step:
+            raise Interrupted(f"training interrupted on purpose after {self.step} steps")

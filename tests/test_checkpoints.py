@@ -14,7 +14,7 @@ from tensorflow.python.framework import config as tf_config  # has the undo TF d
 from support import data
 from support.models.gan import GAN, mlp_discriminator, mlp_generator
 from support.models.vae import VAE, KLWarmup
-from support.training import ResumableFit, fit_resumable
+from support.training import InterruptAt, Interrupted, ResumableFit, fit_resumable
 
 # --------------------------------------------------------------------------- step_batches
 
@@ -76,23 +76,6 @@ def deterministic_ops():
     yield
     if not was_enabled:
         tf_config.disable_op_determinism()
-
-
-class Interrupted(Exception):
-    pass
-
-
-class InterruptAt(keras.callbacks.Callback):
-    """Raise after the ``at``-th training batch, as a crash or a stopped kernel would."""
-
-    def __init__(self, at):
-        super().__init__()
-        self.at, self.seen = at, 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.seen += 1
-        if self.seen == self.at:
-            raise Interrupted
 
 
 class CountBatches(keras.callbacks.Callback):

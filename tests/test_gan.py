@@ -256,3 +256,34 @@ def test_dcgan_trains_on_digits(loss):
     assert int(gan.g_optimizer.iterations.numpy()) == 2
     samples = gan.sample(5, seed=0).numpy()
     assert samples.shape == (5, 8, 8, 1) and 0 <= samples.min() and samples.max() <= 1
+
+
+# --------------------------------------------------------------------------- toy set-ups
+
+
+def test_toy_gan_set_ups_and_their_rates():
+    gan = G.toy_gan(pack=2, schedule="cosine", steps=100, learning_rate=2e-3, d_learning_rate=1e-4)
+    assert gan.pack == 2 and gan.discriminator.input_shape == (None, 4)
+    # cosine: each optimizer starts at its own peak rate and decays to 0 at the last step
+    assert float(gan.d_optimizer._get_current_learning_rate()) == pytest.approx(1e-4)
+    assert isinstance(gan.g_optimizer._learning_rate, keras.optimizers.schedules.CosineDecay)
+    assert float(gan.g_optimizer._learning_rate(100)) == pytest.approx(0.0, abs=1e-9)
+    plain = G.toy_gan()
+    assert float(plain.d_optimizer.learning_rate) == pytest.approx(1e-3)
+    for bad in (dict(schedule="linear"), dict(schedule="cosine"), dict(learning_rate=0.0),
+                dict(steps_per_execution=0)):
+        with pytest.raises(ValueError):
+            G.toy_gan(**bad)
+
+
+def test_sample_snapshots_repeat_the_same_noise():
+    from support import training
+
+    keras.utils.set_random_seed(0)
+    gan = G.toy_gan(steps=8)
+    points, _ = data.mixture("ring8", 256, seed=0)
+    snapshots = training.SampleSnapshots(5, seed=3)
+    training.fit_resumable(gan, points, steps=8, batch_size=64, steps_per_epoch=4, callbacks=[snapshots])
+    assert [epoch for epoch, _ in snapshots.snapshots] == [1, 2]
+    np.testing.assert_allclose(snapshots.snapshots[-1][1], gan.sample(5, seed=3).numpy())
+    assert not np.allclose(snapshots.snapshots[0][1], snapshots.snapshots[1][1])  # it trained

@@ -201,3 +201,13 @@ def test_every_badge_points_at_its_own_notebook():
     readme = (ROOT / "README.md").read_text()
     for path in paths:
         assert f"/blob/main/notebooks/{path.name})" in readme, f"README lacks {path.name}'s badge"
+
+
+def test_optional_folder_parameter(tmp_path):
+    param = notebook.Param("checkpoint_dir", str, "", "checkpoints", kind="optional_dir")
+    assert param.check("") == ""
+    assert param.check(str(tmp_path / "new")) == str(tmp_path / "new")
+    (tmp_path / "file").write_text("x")
+    for bad in (" ", str(tmp_path / "file"), 3):
+        with pytest.raises(ValueError, match="parameter checkpoint_dir="):
+            param.check(bad)

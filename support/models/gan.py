@@ -136,6 +136,53 @@ def dcgan_discriminator(image_shape=(28, 28, 1), filters: int = 64,
     ], name=name)
 
 
+SCHEDULES = ("constant", "cosine")
+
+
+def toy_gan(*, latent_dim: int = 2, pack: int = 1, loss: str = "non_saturating", d_steps: int = 1,
+            learning_rate: float = 1e-3, d_learning_rate: float | None = None,
+            schedule: str = "constant", steps: int | None = None, width: int = 128, depth: int = 3,
+            steps_per_execution: int = 1) -> GAN:
+    """A compiled MLP GAN for the 2-D mixtures (``ring8``, ``grid25``): ``depth`` x ``width``
+    generator and discriminator, Adam with ``beta_1 = 0.5`` on both.
+
+    Args:
+        latent_dim: size of the noise ``z``.
+        pack: PacGAN packing degree (1: a plain discriminator).
+        loss, d_steps: as in :meth:`GAN.compile`.
+        learning_rate: the generator's Adam rate (peak rate with ``schedule="cosine"``).
+        d_learning_rate: the discriminator's rate; ``None`` gives ``learning_rate``. A much
+            smaller one makes a *weak* discriminator.
+        schedule: ``"constant"``, or ``"cosine"`` decay to 0 over ``steps`` generator updates
+            (Loshchilov and Hutter 2017), applied to both optimizers.
+        steps: training steps, needed by the cosine schedule.
+        steps_per_execution: training steps per compiled call (fewer Python round trips for
+            these tiny networks; the updates are the same).
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r} is not allowed; choose one of {', '.join(SCHEDULES)}.")
+    rates = {"learning_rate": _non_negative_float(learning_rate, "learning_rate"),
+             "d_learning_rate": _non_negative_float(
+                 learning_rate if d_learning_rate is None else d_learning_rate, "d_learning_rate")}
+    for name, rate in rates.items():
+        if rate == 0:
+            raise ValueError(f"{name}={rate!r} must be positive.")
+    if schedule == "cosine":
+        steps = positive_int(steps, "steps")
+        # The discriminator's optimizer counts d_steps updates per generator step.
+        g_rate = keras.optimizers.schedules.CosineDecay(rates["learning_rate"], steps)
+        d_rate = keras.optimizers.schedules.CosineDecay(rates["d_learning_rate"], steps * d_steps)
+    else:
+        g_rate, d_rate = rates["learning_rate"], rates["d_learning_rate"]
+    gan = GAN(mlp_generator(latent_dim, 2, width, depth), mlp_discriminator(2, width, depth, pack),
+              pack=pack)
+    gan.compile(d_optimizer=keras.optimizers.Adam(d_rate, beta_1=0.5),
+                g_optimizer=keras.optimizers.Adam(g_rate, beta_1=0.5), loss=loss,
+                d_steps=d_steps, steps_per_execution=positive_int(steps_per_execution,
+                                                                  "steps_per_execution"))
+    return gan
+
+
 # --------------------------------------------------------------------------- the model
 
 
