@@ -245,3 +245,25 @@ def test_gan_on_mnist(tmp_path, data_dir):
     assert metrics["classes_present"] == 10
     assert metrics["fid_dcgan"] <= metrics["fid_untrained"] / 3
     assert metrics["fid_real"] < metrics["fid_dcgan"]
+
+
+# --------------------------------------------------------------------------- 05 comparison
+
+
+def test_comparison_table_at_defaults(tmp_path):
+    metrics = default_run_metrics("05_comparison", tmp_path, execute)
+    models = metrics["models"]
+    assert list(models) == ["autoencoder", "VAE", "GAN"]
+    scored = {"classifier-FID", "classes_present", "class_KL_to_uniform", "parameters", "training_s"}
+    # every cell the text promises, and only where it applies
+    assert set(models["autoencoder"]) == scored | {"test_MSE", "linear_probe"}
+    assert set(models["VAE"]) == scored | {"test_MSE", "linear_probe", "test_NLL_nats"}
+    assert set(models["GAN"]) == scored
+    for name, row in models.items():
+        # samples of each model: every digit, and within 8x the real-data floor (measured 3.8-4.2x)
+        assert row["classes_present"] == 10, name
+        assert metrics["fid_real"] < row["classifier-FID"] < 8 * metrics["fid_real"], name
+    # the KL term costs reconstruction (measured MSE 0.0115 against 0.0200)
+    assert models["autoencoder"]["test_MSE"] < models["VAE"]["test_MSE"]
+    assert min(models["autoencoder"]["linear_probe"], models["VAE"]["linear_probe"]) > 0.85  # measured 0.93
+    assert models["VAE"]["test_NLL_nats"] < 26  # measured 22.9 (k = 1000), as in notebook 03
