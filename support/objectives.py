@@ -378,3 +378,36 @@ def gradient_penalty(critic, real, fake, seed=None):
     gradients = tape.gradient(scores, interpolated)
     norms = tf.sqrt(_sum_per_example(tf.square(gradients)) + 1e-12)
     return tf.square(norms - 1.0)
+
+
+# --------------------------------------------------------------------------- distribution
+
+
+def replica_mean(values):
+    """Reduce per-example ``values: [batch]`` to the mean over the *global* batch, from inside a
+    training step that ``tf.distribute`` runs once per replica.
+
+    Under ``MirroredStrategy`` or ``MultiWorkerMirroredStrategy`` each of the ``R`` replicas
+    sees ``n_r`` of the ``N = sum_r n_r`` examples of a step, and the optimizer **sums** the
+    replicas' gradients. The loss to differentiate is therefore this replica's share
+
+        share = sum(values) / N,        sum over replicas of share = global batch mean
+
+    (``N`` is all-reduced, so an uneven or empty last batch is exact too). A metric tracker
+    (``keras.metrics.Mean``, whose total and count are summed over replicas when read) gets
+    ``report = R * share``: its average over the replicas is again the global batch mean. With
+    one replica, or outside a strategy, both are ``tf.reduce_mean(values)``.
+
+    Returns:
+        ``(share, report)``, scalars: differentiate ``share``, track ``report``.
+    """
+    values = tf.convert_to_tensor(values)
+    context = tf.distribute.get_replica_context()
+    replicas = 1 if context is None else context.num_replicas_in_sync
+    if replicas == 1:
+        mean = tf.reduce_mean(values)
+        return mean, mean
+    count = tf.cast(tf.shape(values)[0], values.dtype)
+    total = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
+    share = tf.reduce_sum(values) / total
+    return share, share * replicas

@@ -24,6 +24,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from support import objectives
+
 
 def reconstruction_loss(x, x_hat):
     """Per-example squared error averaged over pixels: ``[batch, ...] -> [batch]``."""
@@ -192,21 +194,23 @@ class Autoencoder(keras.Model):
         return [self.loss_tracker]
 
     def _loss(self, data, training):
+        """``(share, report)`` of the batch-mean loss (see :func:`objectives.replica_mean`:
+        under a distribution strategy the batch is split across replicas)."""
         x, target, _ = keras.utils.unpack_x_y_sample_weight(data)
         target = x if target is None else target
         x_hat = self(x, training=training)
-        return tf.reduce_mean(reconstruction_loss(target, x_hat))
+        return objectives.replica_mean(reconstruction_loss(target, x_hat))
 
     def train_step(self, data):
         with tf.GradientTape() as tape:
-            loss = self._loss(data, training=True)
+            loss, report = self._loss(data, training=True)
         gradients = tape.gradient(loss, self.trainable_weights)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
-        self.loss_tracker.update_state(loss)
+        self.loss_tracker.update_state(report)
         return {"loss": self.loss_tracker.result()}
 
     def test_step(self, data):
-        self.loss_tracker.update_state(self._loss(data, training=False))
+        self.loss_tracker.update_state(self._loss(data, training=False)[1])
         return {"loss": self.loss_tracker.result()}
 
 

@@ -258,6 +258,13 @@ class GAN(keras.Model):
         self.loss_name = loss
         self.d_steps = positive_int(d_steps, "d_steps")
         self.gp_weight = _non_negative_float(gp_weight, "gp_weight")
+        # Create the optimizers' variables now, in the model's strategy scope: built lazily
+        # inside a replicated training step they fail under MirroredStrategy.
+        with self.distribute_strategy.scope():
+            for optimizer, model in ((self.d_optimizer, self.discriminator),
+                                     (self.g_optimizer, self.generator)):
+                if not optimizer.built:
+                    optimizer.build(model.trainable_variables)
 
     def get_compile_config(self):
         return {
@@ -272,10 +279,9 @@ class GAN(keras.Model):
         config = dict(config)
         for key in ("d_optimizer", "g_optimizer"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
+        # `compile` builds the optimizers, whose variables must exist before `.keras` loading
+        # assigns their saved values.
         self.compile(**config)
-        # Optimizer variables must exist before `.keras` loading assigns their saved values.
-        self.d_optimizer.build(self.discriminator.trainable_variables)
-        self.g_optimizer.build(self.generator.trainable_variables)
 
     # ------------------------------------------------------------------ sampling
 
@@ -330,10 +336,11 @@ class GAN(keras.Model):
                 per_pack = per_pack + self.gp_weight * penalty
             else:
                 per_pack = objectives.discriminator_loss(real_out, fake_out)
-            d_loss = tf.reduce_mean(per_pack)
+            # Under a distribution strategy: this replica's share of the global batch mean.
+            d_loss, d_report = objectives.replica_mean(per_pack)
         variables = self.discriminator.trainable_variables
         self.d_optimizer.apply_gradients(zip(tape.gradient(d_loss, variables), variables))
-        return d_loss, real_out, fake_out
+        return d_report, real_out, fake_out
 
     def _generator_step(self, batch_size):
         z = self._noise(batch_size)
@@ -345,10 +352,10 @@ class GAN(keras.Model):
                 per_pack = objectives.generator_minimax_loss(fake_out)
             else:
                 per_pack = objectives.generator_non_saturating_loss(fake_out)
-            g_loss = tf.reduce_mean(per_pack)
+            g_loss, g_report = objectives.replica_mean(per_pack)
         variables = self.generator.trainable_variables
         self.g_optimizer.apply_gradients(zip(tape.gradient(g_loss, variables), variables))
-        return g_loss
+        return g_report
 
     def train_step(self, data):
         real, _, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -360,6 +367,6 @@ class GAN(keras.Model):
             real_out, fake_out = tf.sigmoid(real_out), tf.sigmoid(fake_out)
         self.d_loss_tracker.update_state(d_loss)
         self.g_loss_tracker.update_state(g_loss)
-        self.d_real_tracker.update_state(tf.reduce_mean(real_out))
-        self.d_fake_tracker.update_state(tf.reduce_mean(fake_out))
+        self.d_real_tracker.update_state(objectives.replica_mean(tf.reshape(real_out, [-1]))[1])
+        self.d_fake_tracker.update_state(objectives.replica_mean(tf.reshape(fake_out, [-1]))[1])
         return {m.name: m.result() for m in self.metrics}

@@ -288,6 +288,13 @@ class VAE(keras.Model):
 
         ``data`` is ``x: [batch, h, w, c]`` or a tuple starting with it (labels are ignored).
         """
+        return tuple(tf.reduce_mean(v) for v in self.example_terms(data, training))
+
+    def example_terms(self, data, training=False):
+        """Per-example ``(loss, reconstruction, kl)``, each ``[batch]``: ``loss = -ELBO`` with
+        the KL weighted by ``beta``, ``reconstruction = -log p(x|z)`` summed over pixels, from one
+        reparameterized sample ``z`` per example. Reduced by :meth:`loss_terms` (batch means) and
+        by ``train_step`` (over the global batch, see :func:`objectives.replica_mean`)."""
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         x = tf.cast(x, self.compute_dtype)
         z_mean, z_log_var = self._posterior(x, training=training)
@@ -295,8 +302,13 @@ class VAE(keras.Model):
         z = z_mean + tf.exp(0.5 * z_log_var) * epsilon  # the reparameterization trick
         reconstruction = -self.log_likelihood(x, self.decoder(z, training=training))
         kl = objectives.kl_diagonal_gaussian_standard_normal(z_mean, z_log_var)
-        loss = -tf.reduce_mean(objectives.elbo(-reconstruction, kl, beta=self.beta))
-        return loss, tf.reduce_mean(reconstruction), tf.reduce_mean(kl)
+        return -objectives.elbo(-reconstruction, kl, beta=self.beta), reconstruction, kl
+
+    def _replica_terms(self, data, training):
+        """``(loss share, (loss, reconstruction, kl) to report)``: the batch means reduced over
+        the global batch when a distribution strategy splits it (:func:`objectives.replica_mean`)."""
+        shares, reports = zip(*(objectives.replica_mean(v) for v in self.example_terms(data, training)))
+        return shares[0], reports
 
     def _update(self, loss, reconstruction, kl):
         self.loss_tracker.update_state(loss)
@@ -310,13 +322,13 @@ class VAE(keras.Model):
 
     def train_step(self, data):
         with tf.GradientTape() as tape:
-            loss, reconstruction, kl = self.loss_terms(data, training=True)
+            loss, reports = self._replica_terms(data, training=True)
         gradients = tape.gradient(loss, self.trainable_weights)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
-        return self._update(loss, reconstruction, kl)
+        return self._update(*reports)
 
     def test_step(self, data):
-        return self._update(*self.loss_terms(data, training=False))
+        return self._update(*self._replica_terms(data, training=False)[1])
 
     # ------------------------------------------------------------------ evaluation
 
