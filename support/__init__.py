@@ -1,9 +1,16 @@
 """Generative Objectives: the tested pieces that the notebooks import.
 
 Modules (each one concept): ``data``, ``objectives``, ``models``, ``training``, ``metrics``,
-``plots``, ``notebook`` (parameters, seeds, results, Colab) and ``runner`` (``python -m support``).
+``plots``, ``tensorboard_logs``, ``notebook`` (parameters, seeds, results, Colab) and ``runner``
+(``python -m support``).
+
+Importing ``support`` does not import TensorFlow: ``support.notebook`` checks a notebook's
+parameters in a fraction of a second, so a bad value stops before the seconds TensorFlow takes
+to load. TensorFlow is imported, quietly, the first time anything imports ``tensorflow`` or
+``keras`` after ``support`` (see :func:`_import_tensorflow_quietly`).
 """
 
+import importlib.abc as _abc
 import os as _os
 import sys as _sys
 
@@ -45,4 +52,23 @@ def _import_tensorflow_quietly():
         _os.close(devnull)
 
 
-_import_tensorflow_quietly()
+class _QuietTensorFlowImport(_abc.MetaPathFinder):
+    """Import hook: the first ``import tensorflow`` or ``import keras`` (by a module of
+    ``support``, a notebook or your own code) runs :func:`_import_tensorflow_quietly` first,
+    then lets the normal import go on. It removes itself after that one use."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name in ("tensorflow", "keras"):
+            _remove_hook()
+            _import_tensorflow_quietly()
+        return None  # the regular finders do the import itself
+
+
+def _remove_hook():
+    _sys.meta_path[:] = [f for f in _sys.meta_path if not isinstance(f, _QuietTensorFlowImport)]
+
+
+if "tensorflow" not in _sys.modules and not any(
+    isinstance(f, _QuietTensorFlowImport) for f in _sys.meta_path
+):
+    _sys.meta_path.insert(0, _QuietTensorFlowImport())

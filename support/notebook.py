@@ -151,6 +151,13 @@ TRAIN_SIZE = Param("train_size", int, 0, "first N training images (0: all)", low
 RESULTS_DIR = Param(
     "results_dir", str, "results", "folder where record() writes the metrics", kind="dir"
 )
+DETERMINISTIC = Param(
+    "deterministic", bool, False, "TensorFlow op determinism: identical reruns on one machine"
+)
+TENSORBOARD_DIR = Param(
+    "tensorboard_dir", str, "", "folder of TensorBoard logs of every training ('': off)",
+    kind="optional_dir",
+)
 
 SCHEMAS: dict[str, tuple[Param, ...]] = {
     "00_start_here": (
@@ -159,6 +166,7 @@ SCHEMAS: dict[str, tuple[Param, ...]] = {
         Param("mixture_samples", int, 2500, "points drawn from each 2-D mixture",
               low=10, high=100_000),
         SEED,
+        DETERMINISTIC,
         RESULTS_DIR,
     ),
     "01_autoencoders": (
@@ -174,6 +182,8 @@ SCHEMAS: dict[str, tuple[Param, ...]] = {
         Param("learning_rate", float, 0.003, "their peak Adam rate", low=1e-6, high=1.0),
         BATCH_SIZE,
         SEED,
+        DETERMINISTIC,
+        TENSORBOARD_DIR,
         RESULTS_DIR,
     ),
     "02_mse_objective": (
@@ -192,6 +202,8 @@ SCHEMAS: dict[str, tuple[Param, ...]] = {
         Param("sweep_epochs", int, 50, "passes for each model of the sweep", low=1, high=5000),
         TRAIN_SIZE,
         SEED,
+        DETERMINISTIC,
+        TENSORBOARD_DIR,
         RESULTS_DIR,
     ),
     "03_vae_elbo": (
@@ -219,7 +231,13 @@ SCHEMAS: dict[str, tuple[Param, ...]] = {
         Param("linear_epochs", int, 100, "passes for the linear-Gaussian VAE", low=1, high=5000),
         TRAIN_SIZE,
         Param("test_size", int, 0, "first N test images to score (0: all)", low=0, high=10_000),
+        Param("checkpoint_dir", str, "", "folder of checkpoints of the main VAE; a rerun resumes "
+              "('': off)", kind="optional_dir"),
+        Param("checkpoint_every", int, 500, "main VAE steps between checkpoints", low=1,
+              high=1_000_000),
         SEED,
+        DETERMINISTIC,
+        TENSORBOARD_DIR,
         RESULTS_DIR,
     ),
     "04_gan_training": (
@@ -252,6 +270,8 @@ SCHEMAS: dict[str, tuple[Param, ...]] = {
               high=1_000_000),
         TRAIN_SIZE,
         SEED,
+        DETERMINISTIC,
+        TENSORBOARD_DIR,
         RESULTS_DIR,
     ),
     "05_comparison": (
@@ -265,6 +285,8 @@ SCHEMAS: dict[str, tuple[Param, ...]] = {
         TRAIN_SIZE,
         Param("test_size", int, 0, "first N test images to score (0: all)", low=0, high=10_000),
         SEED,
+        DETERMINISTIC,
+        TENSORBOARD_DIR,
         RESULTS_DIR,
     ),
 }
@@ -394,7 +416,9 @@ class Run:
 
 def start(notebook: str, namespace: Mapping[str, Any], deterministic: bool = False) -> Run:
     """Validate the parameters of ``notebook`` found in ``namespace`` (the notebook's
-    ``globals()``), seed everything with ``seed``, set the figure defaults, return the run.
+    ``globals()``), seed everything with ``seed`` (with op determinism when ``deterministic``
+    is passed here or is a true parameter), turn TensorBoard logging on or off from
+    ``tensorboard_dir`` (:mod:`support.tensorboard_logs`), set the figure defaults, return the run.
 
     Raises ``ValueError`` naming the parameter for a bad value, and for a name that papermill
     injected but the notebook does not declare.
@@ -412,7 +436,10 @@ def start(notebook: str, namespace: Mapping[str, Any], deterministic: bool = Fal
         raise ValueError(f"the parameters cell of {notebook} does not define {missing[0]!r}.")
     values = validate(notebook, {p.name: namespace[p.name] for p in params})
     if "seed" in values:
-        set_seed(values["seed"], deterministic=deterministic)
+        set_seed(values["seed"], deterministic=deterministic or values.get("deterministic", False))
+    from . import tensorboard_logs
+
+    tensorboard_logs.enable(values.get("tensorboard_dir") or None)
     _figure_defaults()
     return Run(notebook, values)
 

@@ -20,6 +20,9 @@ For long trainings of any model (GAN, VAE, autoencoders), :func:`fit_resumable` 
 for a budget of steps with ``tf.train.CheckpointManager`` checkpoints every N steps; a rerun
 with the same ``checkpoint_dir`` resumes at the checkpoint's step, on the batches of
 :func:`support.data.step_batches` that the uninterrupted run would have seen.
+
+While :func:`support.tensorboard_logs.enable` is on (a notebook's ``tensorboard_dir``), each of
+these trainings also writes TensorBoard scalars and images, one run per training.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from . import tensorboard_logs
 from .models.autoencoders import reconstruction_loss
 
 SCHEDULES = ("cosine", "constant")
@@ -139,7 +143,7 @@ def train_autoencoder(
         steps_per_epoch=steps_per_epoch,
         shuffle=False,  # batches() shuffles
         verbose=verbose,
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), *tensorboard_logs.callbacks(model, x=x_train)],
     )
 
 
@@ -280,7 +284,7 @@ def _mean_example_loss(example_losses, x, batch_size: int = 1024) -> float:
     return float(np.mean(np.concatenate(parts)))
 
 
-def _check_hooks(hooks, model) -> list:
+def _check_hooks(hooks, model, epochs) -> list:
     hooks = list(hooks)
     for hook in hooks:
         if not (callable(getattr(hook, "on_epoch_end", None)) or callable(hook)):
@@ -290,6 +294,8 @@ def _check_hooks(hooks, model) -> list:
             )
         if callable(getattr(hook, "set_model", None)):  # Keras callbacks read self.model
             hook.set_model(model)
+        if callable(getattr(hook, "set_params", None)):  # ... and self.params["epochs"]
+            hook.set_params({"epochs": epochs})
     return hooks
 
 
@@ -379,7 +385,7 @@ def train_loop(
     x_train = _check_images(x_train, "x_train")
     if x_val is not None:
         x_val = _check_images(x_val, "x_val", like=x_train)
-    hooks = _check_hooks(hooks, model)
+    hooks = _check_hooks([*hooks, *tensorboard_logs.callbacks(model, x=x_train)], model, epochs)
     steps_per_epoch = math.ceil(len(x_train) / batch_size)
 
     # 1. Initialise: the weights were drawn when the model was built; the decoder starts at the
@@ -454,6 +460,9 @@ def train_loop(
                 break
     finally:
         bar.close()
+    for hook in hooks:
+        if callable(getattr(hook, "on_train_end", None)):
+            hook.on_train_end({key: values[-1] for key, values in history.items() if values})
     history["epochs"] = len(history["loss"])
     if early_stopping is not None:
         if early_stopping.restore_best_weights and best_weights is not None:
@@ -819,7 +828,7 @@ def fit_resumable(
         steps_per_epoch=steps_per_epoch,
         validation_data=validation_data,
         validation_freq=validation_freq,
-        callbacks=[_EpochCut(control), *callbacks, control],
+        callbacks=[_EpochCut(control), *callbacks, *tensorboard_logs.callbacks(model, x=x), control],
         shuffle=False,  # step_batches orders the batches
         verbose=verbose,
     )

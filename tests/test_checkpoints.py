@@ -233,3 +233,29 @@ def test_fit_resumable_validates_its_arguments(tmp_path):
             fit_resumable(gan, x, **{"batch_size": 32, **kwargs})
     with pytest.raises(ValueError, match="steps_per_execution=4"):
         fit_resumable(make_gan(width=8, steps_per_execution=4), x, steps=6, batch_size=32)
+
+
+def test_train_vae_with_checkpoint_dir_resumes_to_the_uninterrupted_result(deterministic_ops, tmp_path):
+    """Notebook 03's path: ``train_vae(..., checkpoint_dir=...)`` interrupted in its second
+    epoch, then called again on a freshly built model (a new kernel), ends bit for bit where
+    an uninterrupted call ends."""
+    from support.models.vae import train_vae
+
+    x_train, _ = data.load("digits", "train")  # 22 steps of 64 per epoch
+    x_val = data.binarize(x_train[:128], seed=2)
+
+    def make():
+        keras.utils.set_random_seed(0)
+        return VAE(input_shape=(8, 8, 1), latent_dim=2, widths=(32,))
+
+    settings = dict(epochs=3, batch_size=64, warmup_epochs=2, seed=5, checkpoint_every=10)
+    whole = make()
+    whole_history = train_vae(whole, x_train, x_val, **settings)
+    assert len(whole_history.history["loss"]) == 3
+    with pytest.raises(Interrupted):
+        train_vae(make(), x_train, x_val, checkpoint_dir=tmp_path, callbacks=[InterruptAt(35)], **settings)
+    resumed = make()
+    history = train_vae(resumed, x_train, x_val, checkpoint_dir=tmp_path, **settings)
+    assert history.epoch == [1, 2]  # restored at step 30, inside epoch 1
+    assert history.history["val_loss"][-1] == whole_history.history["val_loss"][-1]
+    assert_same_state(whole, resumed)

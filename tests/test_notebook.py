@@ -78,7 +78,7 @@ def test_results_dir_that_is_a_file(tmp_path):
 def test_validate_fills_defaults_and_rejects_unknown_names():
     values = notebook.validate("00_start_here", {"dataset": "mnist"})
     assert values == {"dataset": "mnist", "samples": 32, "mixture_samples": 2500, "seed": 0,
-                      "results_dir": "results"}
+                      "deterministic": False, "results_dir": "results"}
     with pytest.raises(ValueError, match="unknown parameter 'epochs' for 00_start_here"):
         notebook.validate("00_start_here", {"epochs": 3})
 

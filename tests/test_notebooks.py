@@ -41,24 +41,90 @@ def test_start_here_other_mixture_size(tmp_path):
         assert abs(metrics[name] - 0.98889) < 4 * (0.9889 * 0.0111 / 20_000) ** 0.5
 
 
-@pytest.mark.parametrize("notebook,name,value,allowed", [
-    ("00_start_here", "dataset", "cifar", "one of 'digits', 'mnist', 'fashion_mnist'"),
-    ("00_start_here", "samples", 0, "an integer from 1 to 200"),
-    ("00_start_here", "samples", "many", "an integer from 1 to 200"),
-    ("01_autoencoders", "latent_dims", "[2, 0]", "a list of integers from 1 to 256"),
-    ("01_autoencoders", "epochs", 2.5, "an integer from 1 to 5000"),
-    ("04_gan_training", "toy", "ring9", "one of 'ring8', 'grid25'"),
-    ("04_gan_training", "loss", "hinge", "one of 'non_saturating', 'minimax', 'wgan_gp'"),
-    ("04_gan_training", "seeds", "[0, -1]", "a list of integers from 0 to"),
-    ("04_gan_training", "checkpoint_dir", " ", "a folder path that is not an existing file"),
-])
-def test_bad_parameter_stops_with_a_clear_message(tmp_path, notebook, name, value, allowed):
+# Every notebook under papermill with each kind of bad parameter: (notebook, name, value, what
+# the message must say besides naming the parameter). "FILE" stands for a path to an existing file.
+BAD_PARAMETERS = {
+    "wrong type": [
+        ("00_start_here", "samples", "many", "an integer from 1 to 200"),
+        ("01_autoencoders", "epochs", 2.5, "an integer from 1 to 5000"),
+        ("02_mse_objective", "latent_dim", "eight", "an integer from 1 to 256"),
+        ("03_vae_elbo", "beta", "high", "a number from 0.0 to 100.0"),
+        ("04_gan_training", "deterministic", "yes", "true or false"),
+        ("05_comparison", "gan_epochs", "[10]", "an integer from 1 to 5000"),
+    ],
+    "out of range": [
+        ("00_start_here", "samples", 0, "an integer from 1 to 200"),
+        ("01_autoencoders", "latent_dims", "[2, 0]", "a list of integers from 1 to 256"),
+        ("02_mse_objective", "noise", 1.5, "a number from 0.0 to 1.0"),
+        ("03_vae_elbo", "nll_samples", 0, "an integer from 1 to 100000"),
+        ("04_gan_training", "seeds", "[0, -1]", "a list of integers from 0 to"),
+        ("05_comparison", "latent_dim", 0, "an integer from 1 to 256"),
+    ],
+    "unknown choice": [
+        ("00_start_here", "dataset", "cifar", "one of 'digits', 'mnist', 'fashion_mnist'"),
+        ("01_autoencoders", "dataset", "svhn", "one of 'digits', 'mnist', 'fashion_mnist'"),
+        ("02_mse_objective", "dataset", "MNIST", "one of 'digits', 'mnist', 'fashion_mnist'"),
+        ("03_vae_elbo", "likelihood", "poisson", "one of 'bernoulli', 'gaussian'"),
+        ("04_gan_training", "loss", "hinge", "one of 'non_saturating', 'minimax', 'wgan_gp'"),
+        ("05_comparison", "dataset", "celeba", "one of 'digits', 'mnist', 'fashion_mnist'"),
+    ],
+    "unknown name": [
+        ("00_start_here", "sample", 8, "its parameters are dataset, deterministic,"),
+        ("01_autoencoders", "latent_dim", 8, "its parameters are batch_size, dataset,"),
+        ("02_mse_objective", "epoch", 3, "its parameters are batch_size, code_sizes,"),
+        ("03_vae_elbo", "kl_warmup", 5, "its parameters are batch_size, beta, betas,"),
+        ("04_gan_training", "gan_epochs", 3, "its parameters are batch_size, checkpoint_dir,"),
+        ("05_comparison", "gan_epoch", 3, "its parameters are batch_size, dataset,"),
+    ],
+    "empty results_dir": [
+        (name, "results_dir", "", "(empty): results_dir must be a non-empty folder path")
+        for name in ("00_start_here", "01_autoencoders", "02_mse_objective", "03_vae_elbo",
+                     "04_gan_training", "05_comparison")
+    ],
+    "results_dir is a file": [
+        (name, "results_dir", "FILE", "(it is a file): results_dir must be a non-empty folder path")
+        for name in ("00_start_here", "01_autoencoders", "02_mse_objective", "03_vae_elbo",
+                     "04_gan_training", "05_comparison")
+    ],
+    "other folders": [
+        ("03_vae_elbo", "checkpoint_dir", "FILE", "(it is a file): checkpoint_dir must be a folder path"),
+        ("04_gan_training", "checkpoint_dir", " ", "a folder path that is not an existing file"),
+        ("05_comparison", "tensorboard_dir", "FILE", "(it is a file): tensorboard_dir must be a folder"),
+    ],
+}
+
+
+@pytest.mark.parametrize("kind,notebook,name,value,says", [
+    (kind, *case) for kind, cases in BAD_PARAMETERS.items() for case in cases
+], ids=lambda v: v if isinstance(v, str) and len(v) < 30 else None)
+def test_bad_parameter_stops_with_a_clear_message(tmp_path, kind, notebook, name, value, says):
+    """Each fails in the validation cell, before any data is loaded or anything written, with
+    one ValueError that names the parameter and what is allowed."""
+    if value == "FILE":
+        value = str(tmp_path / "a_file.txt")
+        (tmp_path / "a_file.txt").write_text("not a folder")
+    results = tmp_path / "results"
+    parameters = {"results_dir": str(results), name: value}
     with pytest.raises(papermill.PapermillExecutionError) as info:
-        execute(notebook, tmp_path, **{name: value})
-    assert info.value.ename == "ValueError"
-    assert f"parameter {name}={value!r} is not allowed" in info.value.evalue
-    assert allowed in info.value.evalue
-    assert not (tmp_path / "results").exists()
+        papermill.execute_notebook(
+            str(NOTEBOOKS / f"{notebook}.ipynb"), str(tmp_path / "out.ipynb"), parameters=parameters,
+            kernel_name="python3", cwd=str(NOTEBOOKS), progress_bar=False,
+        )
+    error = info.value
+    assert error.ename == "ValueError"
+    if kind == "unknown name":
+        assert error.evalue.startswith(f"unknown parameter {name!r} for {notebook}")
+    else:
+        assert error.evalue.startswith(f"parameter {name}={value!r} is not allowed")
+    assert says in error.evalue
+    # it stopped in the validation cell: the first cell after papermill's injected parameters
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    code = [c for c in executed.cells if c.cell_type == "code"]
+    failed = next(i for i, c in enumerate(code) if any(o.output_type == "error" for o in c.outputs))
+    assert "injected-parameters" in code[failed - 1].metadata.get("tags", [])
+    assert not results.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["out.ipynb"] + (["a_file.txt"] if (tmp_path / "a_file.txt").exists() else []))
 
 
 def test_help_notebook_lists_types_and_comments():
@@ -83,6 +149,9 @@ def test_committed_notebook_is_executed_in_order_without_errors(path):
     assert any("image/png" in o.get("data", {}) for c in code for o in c.outputs)
     assert path.stat().st_size < 2 * 1024 * 1024
     assert len({c["id"] for c in nb.cells}) == len(nb.cells)
+    # normalised: no papermill, timing or widget metadata left behind by the run
+    assert set(nb.metadata) <= {"colab", "kernelspec", "language_info"}, set(nb.metadata)
+    assert {key for c in nb.cells for key in c.metadata} <= {"tags"}
     tags = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tags) == 1
 
@@ -153,6 +222,28 @@ def test_vae_quality_gates_at_defaults(tmp_path):
     sweep = [metrics["beta_sweep"][b] for b in ("0.25", "0.5", "1", "2", "4")]
     assert all(a["rate"] > b["rate"] for a, b in zip(sweep, sweep[1:]))
     assert all(a["distortion"] < b["distortion"] for a, b in zip(sweep, sweep[1:]))
+
+
+def test_vae_rerun_with_checkpoint_dir_resumes_and_logs_to_tensorboard(tmp_path):
+    from support import tensorboard_logs
+
+    small = dict(train_size=320, test_size=64, epochs=3, kl_warmup_epochs=1, sweep_epochs=1,
+                 linear_epochs=1, nll_samples=10, betas=[1.0], checkpoint_dir=str(tmp_path / "checkpoints"),
+                 checkpoint_every=5)
+    (tmp_path / "first").mkdir()
+    (tmp_path / "again").mkdir()
+    logs = tmp_path / "logs"
+    first = execute("03_vae_elbo", tmp_path / "first", tensorboard_dir=str(logs), **small)
+    assert first["vae_epochs_run"] == 3
+    # the second run restores the first one's last checkpoint (end of epoch 3) and trains one more
+    again = execute("03_vae_elbo", tmp_path / "again", **{**small, "epochs": 4})
+    assert again["vae_epochs_run"] == 1
+    # every training of the first run logged: linear VAE, main VAE, 2-D VAE, 2 collapse runs, 1 beta
+    runs = sorted(p.name for p in logs.iterdir())
+    assert runs == ["00-VAE", "01-VAE", "02-VAE", "03-VAE", "04-VAE", "05-VAE"]
+    main = tensorboard_logs.read_events(logs / "01-VAE")
+    assert [step for step, _ in main["train"]["loss"]] == [0, 1, 2]
+    assert {"samples", "reconstructions", "kl"} <= set(main["train"]) and "loss" in main["validation"]
 
 
 def test_vae_on_mnist_short_budget(tmp_path, data_dir):
@@ -267,3 +358,25 @@ def test_comparison_table_at_defaults(tmp_path):
     assert models["autoencoder"]["test_MSE"] < models["VAE"]["test_MSE"]
     assert min(models["autoencoder"]["linear_probe"], models["VAE"]["linear_probe"]) > 0.85  # measured 0.93
     assert models["VAE"]["test_NLL_nats"] < 26  # measured 22.9 (k = 1000), as in notebook 03
+
+
+# --------------------------------------------------------------------------- reproducibility
+
+
+def test_same_seed_with_op_determinism_records_identical_metrics(tmp_path):
+    """Two runs of notebook 05 (autoencoder, VAE, GAN, classifier) with the same seed and
+    ``deterministic`` on record the same metrics, times aside; the first also writes
+    TensorBoard logs, which must not change any result."""
+    small = dict(train_size=320, test_size=128, epochs=3, gan_epochs=2, nll_samples=20, deterministic=True)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = execute("05_comparison", tmp_path / "a", tensorboard_dir=str(tmp_path / "logs"), **small)
+    second = execute("05_comparison", tmp_path / "b", **small)
+
+    def without_times(metrics):
+        return {key: without_times(value) if isinstance(value, dict) else value
+                for key, value in metrics.items() if not key.endswith(("_s", "_seconds"))}
+
+    assert without_times(first) == without_times(second)
+    assert len(list((tmp_path / "logs").iterdir())) >= 3  # autoencoder, VAE and GAN logged
+

@@ -657,33 +657,49 @@ def train_vae(
     warmup_epochs: int = 0,
     validation_freq: int = 1,
     seed: int = 0,
+    checkpoint_dir=None,
+    checkpoint_every: int | None = None,
     verbose: int = 0,
     callbacks=(),
 ) -> keras.callbacks.History:
-    """Train a VAE with Adam on ``x_train`` and return Keras' ``History``.
+    """Train a VAE with Adam on ``x_train`` for ``epochs`` passes; return Keras' ``History``.
 
-    The decoder starts at the mean training image (:meth:`VAE.init_output_bias`); batches come
-    from :func:`support.data.dataset` with ``binarization`` (``"dynamic"``: fresh Bernoulli
-    draws every epoch, ``"static"``: one fixed draw, ``"none"``: the grey levels, for a
-    Gaussian likelihood); ``warmup_epochs > 0`` ramps the KL weight with :class:`KLWarmup`.
+    The decoder starts at the mean training image (:meth:`VAE.init_output_bias`). Training runs
+    through :func:`support.training.fit_resumable`: an epoch is ``len(x_train) // batch_size``
+    batches of :func:`support.data.step_batches` (the remainder is dropped), binarized by
+    ``binarization`` (``"dynamic"``: fresh Bernoulli draws for every batch, ``"static"``: one
+    fixed draw, ``"none"``: the grey levels, for a Gaussian likelihood). With ``checkpoint_dir``
+    a checkpoint is written every ``checkpoint_every`` steps (default: every epoch) and a rerun
+    with the same folder resumes from the latest one, on the same batches and the same
+    reparameterization noise. ``warmup_epochs > 0`` ramps the KL weight with :class:`KLWarmup`.
     ``x_val`` (already in the form the model should score, e.g. statically binarized) is
     evaluated every ``validation_freq`` epochs. The history has ``loss`` (``-ELBO`` with the
-    KL weighted by ``beta``), ``reconstruction`` and ``kl`` per epoch, and ``val_`` versions.
+    KL weighted by ``beta``), ``reconstruction`` and ``kl`` per epoch, and ``val_`` versions
+    (after a resume, for the epochs run in this call only).
     """
-    from .. import data
+    from .. import data, training
 
     epochs = positive_int(epochs, "epochs")
+    batch_size = positive_int(batch_size, "batch_size")
     if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
         raise ValueError(f"warmup_epochs={warmup_epochs!r} must be an integer >= 0.")
+    if len(x_train) < batch_size:
+        raise ValueError(
+            f"batch_size={batch_size} is larger than the {len(x_train)} training examples; "
+            "use a smaller batch_size or more data."
+        )
     keras.utils.set_random_seed(seed)
     model.init_output_bias(x_train)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate))
-    train = data.dataset(x_train, batch_size=batch_size, seed=seed, binarization=binarization)
     validation = None
     if x_val is not None:
         validation = data.dataset(x_val, batch_size=1024, shuffle=False)
     extra = [KLWarmup(warmup_epochs)] if warmup_epochs else []
-    return model.fit(
-        train, validation_data=validation, validation_freq=validation_freq, epochs=epochs,
-        shuffle=False, verbose=verbose, callbacks=[*extra, *callbacks],
+    steps_per_epoch = len(x_train) // batch_size
+    fit = training.fit_resumable(
+        model, x_train, steps=epochs * steps_per_epoch, batch_size=batch_size, seed=seed,
+        binarization=binarization, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+        validation_data=validation, validation_freq=validation_freq, callbacks=[*extra, *callbacks],
+        verbose=verbose,
     )
+    return fit.history
