@@ -27,6 +27,7 @@ import datetime
 import os
 import platform
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -121,35 +122,50 @@ def gan_step(generator, discriminator, d_optimizer, g_optimizer):
 # --------------------------------------------------------------------------- the two contenders
 
 
-def build(name: str):
-    """``(support_model, hand_step, batch_size)``: a compiled `support` model and the
-    hand-written step of a copy of it with the same initial weights."""
+MODELS = ("dense autoencoder", "conv VAE", "DCGAN")
+
+
+def support_model(name: str, jit_compile="auto"):
+    """``(model, batch_size)``: the compiled `support` model ``name`` of the table, its weights
+    drawn after ``keras.utils.set_random_seed(0)`` (so every call gives the same initial weights),
+    compiled with ``jit_compile`` (``"auto"``: XLA only on a GPU; ``True``: XLA)."""
     keras.utils.set_random_seed(0)
     if name == "dense autoencoder":
         model = DenseAutoencoder(IMAGE_SHAPE, (128, 64), LATENT_DIM)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3))
-        copy = DenseAutoencoder(IMAGE_SHAPE, (128, 64), LATENT_DIM)
-        copy.set_weights(model.get_weights())
-        return model, autoencoder_step(copy, keras.optimizers.Adam(1e-3)), 128
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile)
+        return model, 128
     if name == "conv VAE":
         model = VAE(IMAGE_SHAPE, LATENT_DIM, encoder="conv", filters=(32, 64))
-        model.compile(optimizer=keras.optimizers.Adam(1e-3))
-        copy = VAE(IMAGE_SHAPE, LATENT_DIM, encoder="conv", filters=(32, 64))
-        copy.set_weights(model.get_weights())
-        return model, vae_step(copy, keras.optimizers.Adam(1e-3)), 128
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile)
+        return model, 128
     if name == "DCGAN":
         model = GAN(dcgan_generator(GAN_LATENT_DIM, IMAGE_SHAPE, filters=32),
                     dcgan_discriminator(IMAGE_SHAPE, filters=32))
         model.compile(d_optimizer=keras.optimizers.Adam(1e-3, beta_1=0.5),
-                      g_optimizer=keras.optimizers.Adam(1e-3, beta_1=0.5))
-        generator = dcgan_generator(GAN_LATENT_DIM, IMAGE_SHAPE, filters=32)
-        discriminator = dcgan_discriminator(IMAGE_SHAPE, filters=32)
-        generator.set_weights(model.generator.get_weights())
-        discriminator.set_weights(model.discriminator.get_weights())
-        step = gan_step(generator, discriminator, keras.optimizers.Adam(1e-3, beta_1=0.5),
-                        keras.optimizers.Adam(1e-3, beta_1=0.5))
-        return model, step, 64
-    raise ValueError(f"name={name!r} is not a benchmarked model.")
+                      g_optimizer=keras.optimizers.Adam(1e-3, beta_1=0.5), jit_compile=jit_compile)
+        return model, 64
+    raise ValueError(f"name={name!r} is not a benchmarked model; choose one of {', '.join(MODELS)}.")
+
+
+def build(name: str):
+    """``(support_model, hand_step, batch_size)``: a compiled `support` model and the
+    hand-written step of a copy of it with the same initial weights."""
+    model, batch_size = support_model(name)
+    if name == "dense autoencoder":
+        copy = DenseAutoencoder(IMAGE_SHAPE, (128, 64), LATENT_DIM)
+        copy.set_weights(model.get_weights())
+        return model, autoencoder_step(copy, keras.optimizers.Adam(1e-3)), batch_size
+    if name == "conv VAE":
+        copy = VAE(IMAGE_SHAPE, LATENT_DIM, encoder="conv", filters=(32, 64))
+        copy.set_weights(model.get_weights())
+        return model, vae_step(copy, keras.optimizers.Adam(1e-3)), batch_size
+    generator = dcgan_generator(GAN_LATENT_DIM, IMAGE_SHAPE, filters=32)
+    discriminator = dcgan_discriminator(IMAGE_SHAPE, filters=32)
+    generator.set_weights(model.generator.get_weights())
+    discriminator.set_weights(model.discriminator.get_weights())
+    step = gan_step(generator, discriminator, keras.optimizers.Adam(1e-3, beta_1=0.5),
+                    keras.optimizers.Adam(1e-3, beta_1=0.5))
+    return model, step, batch_size
 
 
 def run_support(model, x, batch_size: int, steps: int, seed: int) -> float:
@@ -185,6 +201,53 @@ def machine() -> str:
             f"Python {platform.python_version()}, TensorFlow {tf.__version__}, Keras {keras.__version__}")
 
 
+def synthetic_images() -> np.ndarray:
+    """``EXAMPLES`` uniform random images of MNIST shape in [0, 1]: no download needed."""
+    return np.random.default_rng(0).uniform(size=(EXAMPLES, *IMAGE_SHAPE)).astype(np.float32)
+
+
+def measure(repeats: int = 5, steps: int = 200) -> str:
+    """Run the comparison and return its report (Markdown: settings, table, spread)."""
+    x = synthetic_images()
+    rows = []
+    for name in MODELS:
+        print(f"throughput: {name}", file=sys.stderr, flush=True)
+        model, step, batch_size = build(name)
+        # Warm-up: trace both steps (and let tf.data and the thread pools settle), untimed.
+        run_support(model, x, batch_size, WARMUP_STEPS, seed=0)
+        run_hand(step, x, batch_size, WARMUP_STEPS, seed=0)
+        times = {"support": [], "hand": []}
+        for repeat in range(repeats):
+            order = ("support", "hand") if repeat % 2 == 0 else ("hand", "support")
+            for who in order:
+                run = run_support if who == "support" else run_hand
+                times[who].append(run(model if who == "support" else step, x, batch_size,
+                                      steps, seed=repeat + 1))
+        rate = {who: steps * batch_size / statistics.median(t) for who, t in times.items()}
+        spread = {who: [steps * batch_size / s for s in t] for who, t in times.items()}
+        rows.append((name, batch_size, rate["support"], rate["hand"], model.jit_compile, spread))
+
+    lines = [f"Settings: {repeats} repetition{'s' * (repeats > 1)} of {steps} steps, {EXAMPLES:,} synthetic "
+             f"{'x'.join(map(str, IMAGE_SHAPE))} images.", "",
+             "| model | support samples/s | hand-written samples/s | ratio |", "|---|---:|---:|---:|"]
+    for name, batch_size, ours, hand, *_ in rows:
+        lines.append(f"| {name} (batch {batch_size}) | {ours:,.0f} | {hand:,.0f} | {ours / hand:.2f} |")
+    lines += ["", "Per repetition, samples/s (support; hand-written):", "", "```"]
+    width = max(len(row[0]) for row in rows) + 1
+    for name, *_, spread in rows:
+        lines.append(f"{name + ':':<{width}} "
+                     + "; ".join(" ".join(f"{v:,.0f}" for v in spread[who]) for who in spread))
+    lines += ["```", "", f"fit's jit_compile (XLA): {', '.join(f'{r[0]}: {r[4]}' for r in rows)}; "
+              "the hand-written steps are plain tf.function."]
+    return "\n".join(lines)
+
+
+def header() -> str:
+    """The date (UTC) and machine lines that head every report."""
+    return (f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC\n"
+            f"Machine: {machine()}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per contender")
@@ -192,41 +255,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.steps < 1:
         parser.error(f"--repeats={args.repeats} and --steps={args.steps} must be positive.")
-
-    x = np.random.default_rng(0).uniform(size=(EXAMPLES, *IMAGE_SHAPE)).astype(np.float32)
     began = time.perf_counter()
-    print(f"Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
-    print(f"Machine: {machine()}")
-    print(f"Settings: {args.repeats} repetitions of {args.steps} steps, {EXAMPLES} synthetic "
-          f"{'x'.join(map(str, IMAGE_SHAPE))} images\n")
-
-    rows = []
-    for name in ("dense autoencoder", "conv VAE", "DCGAN"):
-        model, step, batch_size = build(name)
-        # Warm-up: trace both steps (and let tf.data and the thread pools settle), untimed.
-        run_support(model, x, batch_size, WARMUP_STEPS, seed=0)
-        run_hand(step, x, batch_size, WARMUP_STEPS, seed=0)
-        times = {"support": [], "hand": []}
-        for repeat in range(args.repeats):
-            order = ("support", "hand") if repeat % 2 == 0 else ("hand", "support")
-            for who in order:
-                run = run_support if who == "support" else run_hand
-                times[who].append(run(model if who == "support" else step, x, batch_size,
-                                      args.steps, seed=repeat + 1))
-        rate = {who: args.steps * batch_size / statistics.median(t) for who, t in times.items()}
-        spread = {who: [args.steps * batch_size / s for s in t] for who, t in times.items()}
-        rows.append((name, batch_size, rate["support"], rate["hand"], model.jit_compile, spread))
-
-    print("| model | support samples/s | hand-written samples/s | ratio |")
-    print("|---|---:|---:|---:|")
-    for name, batch_size, ours, hand, *_ in rows:
-        print(f"| {name} (batch {batch_size}) | {ours:,.0f} | {hand:,.0f} | {ours / hand:.2f} |")
-    print("\nPer repetition, samples/s (support; hand-written):")
-    for name, *_, spread in rows:
-        print(f"  {name}: " + "; ".join(" ".join(f"{v:,.0f}" for v in spread[who]) for who in spread))
-    print(f"\nfit's jit_compile (XLA): {', '.join(f'{r[0]}: {r[4]}' for r in rows)}; "
-          "the hand-written steps are plain tf.function.")
-    print(f"Total time: {time.perf_counter() - began:.0f} s")
+    print(header() + "\n")
+    print(measure(args.repeats, args.steps))
+    print(f"\nTotal time: {time.perf_counter() - began:.0f} s")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,114 @@
+"""Every benchmark in one command: prints their tables and, with ``--write``, puts exactly that
+text into the results section of ``benchmarks/README.md``.
+
+In order: step throughput (``throughput.py``), XLA against the default (``xla.py``), time to
+quality (``time_to_quality.py``) and the series wall time (``series.py``), in one process (the
+notebooks run in their own kernels), each at its defaults. Progress goes to stderr, the report
+to stdout.
+
+* ``--quick``: tiny budgets (2 repetitions of 20 steps; the time-to-quality plumbing check;
+  notebook 00 only), about 2 minutes: checks that everything runs, measures nothing.
+* ``--write``: replace the text between ``<!-- results:start -->`` and ``<!-- results:end -->``
+  in ``benchmarks/README.md`` with the report printed, headed by the date (UTC), the machine
+  and the command. Refused with ``--quick``, and not done when a benchmark raised an error.
+* ``--dcgan-minutes M``: the DCGAN's time-to-quality budget (default 10).
+
+MNIST for time to quality is read from ``$SUPPORT_DATA_DIR`` (never downloaded)::
+
+    SUPPORT_DATA_DIR=/path/to/data python benchmarks/run_all.py [--quick] [--write]
+"""
+
+from __future__ import annotations  # noqa: I001  (support before keras and tensorflow)
+
+import argparse
+import dataclasses
+import datetime
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import support  # noqa: F401  (silences TensorFlow's start-up lines before it is imported)
+
+import series
+import throughput
+import time_to_quality
+import xla
+
+README = Path(__file__).with_name("README.md")
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+NOTE = "<!-- written by `python benchmarks/run_all.py --write`: rerun it, do not edit by hand -->\n\n"
+
+
+def sections(quick: bool, dcgan_minutes: float | None):
+    """``[(title, measure), ...]``: each ``measure()`` returns that section's Markdown."""
+    quality = time_to_quality.QUICK if quick else time_to_quality.FULL
+    if dcgan_minutes is not None:
+        quality = dataclasses.replace(quality, dcgan_minutes=dcgan_minutes)
+    repeats = {"repeats": 2, "steps": 20} if quick else {}
+    return [
+        ("Step throughput: `support` against a hand-written loop", lambda: throughput.measure(**repeats)),
+        ("XLA: `jit_compile=True` against the default", lambda: xla.measure(**repeats)),
+        ("Time to quality", lambda: time_to_quality.measure(quality)),
+        ("Series wall time", lambda: series.measure(["00"] if quick else None)),
+    ]
+
+
+def write_results(report: str, readme: Path = README) -> None:
+    """Replace the text between the marker lines of ``readme`` (each marker alone on its line,
+    once, start before end) with ``report``."""
+    lines = readme.read_text().split("\n")
+    starts, ends = ([i for i, line in enumerate(lines) if line.strip() == m] for m in (START, END))
+    if len(starts) != 1 or len(ends) != 1 or starts[0] > ends[0]:
+        raise ValueError(f"{readme} must hold the lines {START} and {END} once each, in this order.")
+    lines[starts[0] + 1 : ends[0]] = report.split("\n")
+    readme.write_text("\n".join(lines))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny budgets (about 2 minutes): checks the plumbing, measures nothing")
+    parser.add_argument("--write", action="store_true",
+                        help=f"put the report into {README.name} between {START} and {END}")
+    parser.add_argument("--dcgan-minutes", type=float, default=None,
+                        help="the DCGAN's time-to-quality budget in minutes of training (default 10)")
+    args = parser.parse_args(argv)
+    if args.write and args.quick:
+        parser.error("--write records results; --quick measures nothing worth recording.")
+    if args.dcgan_minutes is not None and not args.dcgan_minutes > 0:
+        parser.error(f"--dcgan-minutes={args.dcgan_minutes} must be positive.")
+
+    command = " ".join(["python benchmarks/run_all.py", *(argv if argv is not None else sys.argv[1:])])
+    began = time.perf_counter()
+    quick = " (quick run: a plumbing check, the figures mean nothing)" if args.quick else ""
+    parts = [f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC{quick}\n"
+             f"- Machine: {throughput.machine()}\n- Command: `{command}`"]
+    print(parts[0], flush=True)
+    failed = False
+    for title, measure in sections(args.quick, args.dcgan_minutes):
+        print(f"== {title}", file=sys.stderr, flush=True)
+        section_began = time.perf_counter()
+        try:
+            body = measure()
+        except Exception:  # report it, and go on with the other benchmarks
+            failed = True
+            body = "FAILED:\n\n```\n" + traceback.format_exc().rstrip() + "\n```"
+        seconds = time.perf_counter() - section_began
+        parts.append(f"### {title}\n\n{body}\n\n*This section: {seconds:,.0f} s.*")
+        print(f"\n{parts[-1]}", flush=True)  # each section as soon as it is measured
+    total = time.perf_counter() - began
+    parts.append(f"*All benchmarks: {total:,.0f} s ({total / 60:.1f} min), TensorFlow start-up excluded.*")
+    print(f"\n{parts[-1]}", flush=True)
+    report = "\n\n".join(parts)
+    if args.write:
+        if failed:
+            print(f"\n{README} not written: a benchmark failed.", file=sys.stderr)
+        else:
+            write_results(NOTE + report)
+            print(f"\nResults written to {README}.", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Series wall time: every notebook executed end to end at its defaults, as ``python -m support run``.
+
+The notebooks are executed with :func:`support.runner.run` (papermill, one fresh kernel per
+notebook, from the notebooks' own folder) into a temporary output folder, so the committed
+notebooks in ``notebooks/`` are never overwritten; the folder is deleted at the end unless
+``--keep DIR`` names one. The table gives each notebook's wall time as the runner measures it
+(kernel start-up included) and the total; the goal is the whole series in at most
+``GOAL_S = 360`` s (6 minutes) on 2 CPU cores. With ``--notebooks`` only the named notebooks
+run and the goal is not judged (it applies to the whole series).
+
+    python benchmarks/series.py [--notebooks 00 03 ...] [--keep DIR]
+"""
+
+from __future__ import annotations  # noqa: I001  (support before keras and tensorflow)
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import support  # noqa: F401  (silences TensorFlow's start-up lines before it is imported)
+
+from support import runner
+
+from throughput import header
+
+GOAL_S = 360
+
+
+def measure(notebooks: list[str] | None = None, keep: str | None = None) -> str:
+    """Execute the notebooks (all by default) and return the report (Markdown table)."""
+    with tempfile.TemporaryDirectory(prefix="series-") as scratch:
+        out = Path(keep) if keep else Path(scratch)
+        began = time.perf_counter()
+        outcomes = runner.run(notebooks or None, {}, out=out, progress=False, stream=sys.stderr)
+        total = time.perf_counter() - began
+    everything = not notebooks or {o.notebook for o in outcomes} == {p.stem for p in runner.all_notebooks()}
+    lines = ["| notebook | outcome | wall time (s) |", "|---|---|---:|"]
+    for outcome in outcomes:
+        status = "ok" if outcome.ok else f"FAILED: {outcome.error}"
+        lines.append(f"| {outcome.notebook} | {status} | {outcome.seconds:.1f} |")
+    count = f"{len(outcomes)} notebook{'s' if len(outcomes) > 1 else ''}"
+    lines.append(f"| **total** ({count}, runner included) | | **{total:.1f}** |")
+    if not everything:
+        verdict = f"goal not judged: only {len(outcomes)} of {len(runner.all_notebooks())} notebooks ran"
+    elif all(o.ok for o in outcomes):
+        verdict = f"goal {'met' if total <= GOAL_S else 'NOT met'}"
+    else:
+        verdict = "goal not judged: a notebook failed"
+    return "\n".join([f"Goal: the whole series at its defaults in at most {GOAL_S} s "
+                      f"({GOAL_S / 60:.0f} min) on 2 CPU cores: {verdict} ({total:.0f} s).", "",
+                      *lines])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--notebooks", nargs="+", metavar="NOTEBOOK",
+                        help="run only these (number, name or path; default: all)")
+    parser.add_argument("--keep", metavar="DIR",
+                        help="write the executed notebooks here instead of a temporary folder")
+    args = parser.parse_args(argv)
+    print(header() + "\n")
+    print(measure(args.notebooks, args.keep))
+
+
+if __name__ == "__main__":
+    main()

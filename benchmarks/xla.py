@@ -1,0 +1,105 @@
+"""XLA or not: `support`'s training with ``jit_compile=True`` against the default.
+
+For each model of the throughput table (dense autoencoder, convolutional Bernoulli VAE, DCGAN)
+this builds the same `support` model twice, with the same initial weights, compiled
+
+* **default**: ``jit_compile="auto"``, which Keras resolves to XLA only when there is a GPU
+  (plain ``tf.function`` on a CPU), and
+* **XLA**: ``jit_compile=True``, the whole ``train_step`` compiled by XLA,
+
+and trains both with :func:`support.training.fit_resumable` on the same data, alternately in
+one process (the order flips every repetition). A warm-up of 20 steps per contender traces the
+step (and, for XLA, compiles it) before timing; its wall time is reported as the *first call*,
+the price XLA pays once per model and batch shape. Each repetition then times ``--steps``
+steps end to end. The table gives the median samples/s of each over ``--repeats`` repetitions,
+the ratio XLA / default (above 1: XLA is faster) and the winner: the faster one when the ratio
+is outside ``[1 / 1.15, 1.15]``, "neither" inside (the run-to-run spread of a shared 2-vCPU
+machine is of that order).
+
+Synthetic data of MNIST shape (10,000 uniform random images in [0, 1], no downloads); batch
+size 128, 64 for the GAN.
+
+    python benchmarks/xla.py [--repeats N] [--steps S]      # defaults: 5 and 100
+"""
+
+from __future__ import annotations  # noqa: I001  (support before keras and tensorflow)
+
+import argparse
+import statistics
+import sys
+import time
+
+import support  # noqa: F401  (silences TensorFlow's start-up lines before it is imported)
+
+from throughput import MODELS, WARMUP_STEPS, header, run_support, support_model, synthetic_images
+
+# Ratios closer to 1 than this factor are reported as no winner.
+TIE = 1.15
+
+
+def winner(ratio: float) -> str:
+    """``"XLA"`` when ``ratio = XLA / default >= TIE``, ``"default"`` when ``<= 1 / TIE``,
+    else ``"neither"``."""
+    if ratio >= TIE:
+        return "XLA"
+    if ratio <= 1 / TIE:
+        return "default"
+    return "neither"
+
+
+def measure(repeats: int = 5, steps: int = 100) -> str:
+    """Run the comparison and return its report (Markdown: settings, table, spread)."""
+    x = synthetic_images()
+    rows = []
+    for name in MODELS:
+        print(f"xla: {name}", file=sys.stderr, flush=True)
+        models, first_call = {}, {}
+        for who, jit in (("default", "auto"), ("XLA", True)):
+            models[who], batch_size = support_model(name, jit_compile=jit)
+            first_call[who] = run_support(models[who], x, batch_size, WARMUP_STEPS, seed=0)
+        times = {who: [] for who in models}
+        for repeat in range(repeats):
+            order = ("default", "XLA") if repeat % 2 == 0 else ("XLA", "default")
+            for who in order:
+                times[who].append(run_support(models[who], x, batch_size, steps, seed=repeat + 1))
+        rate = {who: steps * batch_size / statistics.median(t) for who, t in times.items()}
+        spread = {who: [steps * batch_size / s for s in t] for who, t in times.items()}
+        resolved = {who: model.jit_compile for who, model in models.items()}
+        rows.append((name, batch_size, rate, first_call, resolved, spread))
+
+    lines = [f"Settings: {repeats} repetition{'s' * (repeats > 1)} of {steps} steps after a "
+             f"{WARMUP_STEPS}-step warm-up "
+             "(the first call), synthetic 28x28x1 images; no winner within a factor "
+             f"{TIE} either way.", "",
+             "| model | default samples/s | XLA samples/s | ratio XLA / default | first call, "
+             "default / XLA (s) | faster |", "|---|---:|---:|---:|---:|---|"]
+    for name, batch_size, rate, first_call, _, _ in rows:
+        ratio = rate["XLA"] / rate["default"]
+        lines.append(f"| {name} (batch {batch_size}) | {rate['default']:,.0f} | {rate['XLA']:,.0f} | "
+                     f"{ratio:.2f} | {first_call['default']:.1f} / {first_call['XLA']:.1f} | "
+                     f"{winner(ratio)} |")
+    lines += ["", "Per repetition, samples/s (default; XLA):", "", "```"]
+    width = max(len(row[0]) for row in rows) + 1
+    for name, *_, spread in rows:
+        lines.append(f"{name + ':':<{width}} "
+                     + "; ".join(" ".join(f"{v:,.0f}" for v in spread[who]) for who in spread))
+    lines += ["```", "", "jit_compile as Keras resolved it (default; XLA): "
+              + ", ".join(f"{row[0]}: {row[4]['default']}; {row[4]['XLA']}" for row in rows) + "."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per contender")
+    parser.add_argument("--steps", type=int, default=100, help="training steps per repetition")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.steps < 1:
+        parser.error(f"--repeats={args.repeats} and --steps={args.steps} must be positive.")
+    began = time.perf_counter()
+    print(header() + "\n")
+    print(measure(args.repeats, args.steps))
+    print(f"\nTotal time: {time.perf_counter() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
