@@ -6,9 +6,9 @@ Three targets, each checked at regular intervals during one training run:
   sampling with the encoder as proposal,
   ``NLL(x) = -log (1/k) sum_{i=1..k} p(x|z_i) p(z_i) / q(z_i|x)``, ``z_i ~ q(z|x)``,
   ``k = 500`` (:meth:`support.models.vae.VAE.importance_sampled_nll`), averaged over a fixed
-  subset of 1,000 statically binarized test images, **<= 95 nats**. Checked after every epoch;
-  once reached, it is confirmed once on all 10,000 test images (same ``k``) and both are
-  reported.
+  subset of 1,000 statically binarized test images, checked after every epoch; whenever the
+  subset is at or below the target, all 10,000 test images are scored (same ``k``), and the
+  target is reached when **that** is **<= 95 nats** (training goes on otherwise).
 * **GAN on ring8** (8 Gaussians on a circle of radius 2, std 0.02): **8 of 8 modes covered and
   >= 80 % high-quality samples** among 2,500 samples, by the protocol of VEEGAN
   (:func:`support.metrics.mode_coverage`: a sample is high quality within 3 std of its nearest
@@ -27,8 +27,8 @@ Three targets, each checked at regular intervals during one training run:
 Times: *training* is the wall time from building the model to the evaluation that met the
 target, **minus the time spent evaluating** (it includes ``fit``'s set-up and the tracing of the
 training step: a user pays them too); *incl. evaluation* adds the evaluations made until then.
-The classifier that scores the DCGAN and the VAE's confirmation on the full test set are timed
-separately. MNIST is read from local files only (``$SUPPORT_DATA_DIR``, see
+The VAE's scoring of the full test set counts as evaluation; the classifier that scores the
+DCGAN is timed separately. MNIST is read from local files only (``$SUPPORT_DATA_DIR``, see
 :func:`support.data.load`); without them the two MNIST rows are skipped, nothing is downloaded.
 
     SUPPORT_DATA_DIR=/path/to/data python benchmarks/time_to_quality.py [--quick] [--dcgan-minutes M]
@@ -199,35 +199,44 @@ def vae_row(settings: Settings, mnist) -> Result:
     x_binary = data.binarize(x_test, seed=1)  # one fixed binarization of the test set
     x_check = x_binary[: settings.vae_eval_size]
 
+    confirmations = []  # (epoch, seconds) of every check on the full test set
+
     def evaluate():
+        """``(subset NLL, full-test NLL or None)``: the full test set is scored only when the
+        subset meets the target, and training goes on when the full set does not."""
         value = float(np.mean(model.importance_sampled_nll(x_check, k=settings.vae_k)))
         progress(f"VAE epoch {len(watch.evaluations) + 1}: IS-NLL {value:.2f} nats "
                  f"({len(x_check)} test images)")
-        return value
+        if value > settings.vae_target:
+            return value, None
+        began = time.perf_counter()
+        full = float(np.mean(model.importance_sampled_nll(x_binary, k=settings.vae_k)))
+        confirmations.append((len(watch.evaluations) + 1, full, time.perf_counter() - began))
+        progress(f"VAE epoch {len(watch.evaluations) + 1}: all {len(x_binary)} test images: {full:.2f} nats")
+        return value, full
 
-    watch = Watch(evaluate, lambda value: value <= settings.vae_target)
+    watch = Watch(evaluate, lambda values: values[1] is not None and values[1] <= settings.vae_target)
     watch.start()
     keras.utils.set_random_seed(0)
     model = VAE(MNIST_SHAPE, 32, widths=(512, 256), likelihood="bernoulli")
     train_vae(model, x_train, epochs=settings.vae_epochs, batch_size=128, learning_rate=1e-3,
               binarization="dynamic", seed=0, callbacks=[watch])
-    trace = " ".join(f"{value:.1f}" for *_, value in watch.evaluations)
+    trace = " ".join(f"{subset:.1f}" for *_, (subset, _) in watch.evaluations)
     details = [f"* VAE: IS-NLL on {len(x_check):,} test images after each epoch (nats): {trace}."]
+    details += [f"* VAE: after epoch {epoch}, all {len(x_binary):,} test images: {full:.2f} nats "
+                f"(scored in {duration(seconds)}, counted as evaluation)."
+                for epoch, full, seconds in confirmations]
     if watch.hit is None:
-        epoch, trained, wall, value = watch.evaluations[-1]
-        outcome = f"not reached in {plural(epoch, 'epoch')}: {value:.2f} nats at the end"
+        epoch, trained, wall, (value, _) = watch.evaluations[-1]
+        outcome = (f"not reached in {plural(epoch, 'epoch')}: {value:.2f} nats at the end on the "
+                   f"{len(x_check):,} checked every epoch")
         return Result("VAE, MNIST", target, False, outcome, trained, wall, len(watch.evaluations),
                       config, details)
-    epoch, trained, wall, value = watch.hit
-    began = time.perf_counter()
-    full = float(np.mean(model.importance_sampled_nll(x_binary, k=settings.vae_k)))
-    confirm_s = time.perf_counter() - began
-    verdict = "" if full <= settings.vae_target else " (above the target)"
-    outcome = (f"{value:.2f} nats after epoch {epoch} ({len(x_check):,} test images); all "
-               f"{len(x_binary):,}: {full:.2f} nats{verdict}")
-    details.append(f"* VAE: confirming on all {len(x_binary):,} test images took {duration(confirm_s)}.")
-    return Result("VAE, MNIST", target, full <= settings.vae_target, outcome, trained, wall,
-                  len(watch.evaluations), config, details)
+    epoch, trained, wall, (value, full) = watch.hit
+    outcome = (f"{full:.2f} nats on all {len(x_binary):,} test images after epoch {epoch} "
+               f"({value:.2f} on the {len(x_check):,} checked every epoch)")
+    return Result("VAE, MNIST", target, True, outcome, trained, wall, len(watch.evaluations),
+                  config, details)
 
 
 # --------------------------------------------------------------------------- ring8
