@@ -46,9 +46,11 @@ def sections(quick: bool, dcgan_minutes: float | None):
     if dcgan_minutes is not None:
         quality = dataclasses.replace(quality, dcgan_minutes=dcgan_minutes)
     repeats = {"repeats": 2, "steps": 20} if quick else {}
+    trainings = {"trainings": 1, "epochs": 2} if quick else {}
     return [
         ("Step throughput: `support` against a hand-written loop", lambda: throughput.measure(**repeats)),
-        ("XLA: `jit_compile=True` against the default", lambda: xla.measure(**repeats)),
+        ("XLA: `jit_compile=True` against the default",
+         lambda: xla.measure(**repeats) + "\n\n" + xla.measure_trainings(**trainings)),
         ("Time to quality", lambda: time_to_quality.measure(quality)),
         ("Series wall time", lambda: series.measure(["00"] if quick else None)),
     ]

@@ -19,7 +19,15 @@ machine is of that order).
 Synthetic data of MNIST shape (10,000 uniform random images in [0, 1], no downloads); batch
 size 128, 64 for the GAN.
 
-    python benchmarks/xla.py [--repeats N] [--steps S]      # defaults: 5 and 100
+Steps per second are not what a learner waits for: a notebook's training is a few seconds
+long, and XLA's compile time is paid inside it. So a second table times whole trainings as the
+notebooks run them, compile included: notebook 05's autoencoder (``train_autoencoder``), VAE
+(``train_vae``) and DCGAN (``fit_resumable``, an epoch per compiled call) with its settings on
+the bundled digits, ``--epochs`` each, with ``jit_compile`` at its default and ``True``,
+alternately, ``--trainings`` times (median wall time).
+
+    python benchmarks/xla.py [--repeats N] [--steps S] [--trainings T] [--epochs E]
+    # defaults: 5, 100, 3 and 100
 """
 
 from __future__ import annotations  # noqa: I001  (support before keras and tensorflow)
@@ -88,16 +96,83 @@ def measure(repeats: int = 5, steps: int = 100) -> str:
     return "\n".join(lines)
 
 
+def notebook_training(name: str, jit_compile, epochs: int) -> float:
+    """Wall seconds of one of notebook 05's trainings on digits (k = 8, batch 64), built after
+    ``keras.utils.set_random_seed(0)`` and compiled with ``jit_compile``, compile included."""
+    import keras
+
+    from support import data, training
+    from support.models.autoencoders import DenseAutoencoder
+    from support.models.gan import GAN, dcgan_discriminator, dcgan_generator
+    from support.models.vae import VAE, train_vae
+
+    x, _ = data.load("digits", "train")
+    shape, batch_size = x.shape[1:], 64
+    keras.utils.set_random_seed(0)
+    began = time.perf_counter()
+    if name == "autoencoder":
+        model = DenseAutoencoder(shape, (128, 64), 8)
+        training.train_autoencoder(model, x, epochs=epochs, batch_size=batch_size, learning_rate=0.003,
+                                   jit_compile=jit_compile)
+    elif name == "VAE":
+        model = VAE(shape, 8, widths=(128, 64), likelihood="bernoulli")
+        train_vae(model, x, epochs=epochs, batch_size=batch_size, learning_rate=0.003,
+                  warmup_epochs=min(20, epochs // 5), jit_compile=jit_compile)
+    else:
+        model = GAN(dcgan_generator(8, shape, filters=32), dcgan_discriminator(shape, filters=32))
+        model.compile(d_optimizer=keras.optimizers.Adam(5e-4, beta_1=0.5),
+                      g_optimizer=keras.optimizers.Adam(5e-4, beta_1=0.5), jit_compile=jit_compile,
+                      steps_per_execution=len(x) // batch_size)
+        training.fit_resumable(model, x, steps=epochs * (len(x) // batch_size), batch_size=batch_size)
+    return time.perf_counter() - began
+
+
+NOTEBOOK_TRAININGS = ("autoencoder", "VAE", "GAN")
+
+
+def measure_trainings(trainings: int = 3, epochs: int = 100) -> str:
+    """Time notebook 05's three trainings with and without XLA; return the Markdown table."""
+    rows = []
+    for name in NOTEBOOK_TRAININGS:
+        print(f"xla: notebook training {name}", file=sys.stderr, flush=True)
+        times = {"default": [], "XLA": []}
+        for repeat in range(trainings):
+            order = ("default", "XLA") if repeat % 2 == 0 else ("XLA", "default")
+            for who in order:
+                times[who].append(notebook_training(name, "auto" if who == "default" else True, epochs))
+        rows.append((name, {who: statistics.median(t) for who, t in times.items()}, times))
+    lines = [f"Whole trainings of notebook 05's three models with its settings, on digits (1,437 images "
+             f"of 8x8, k = 8, batch 64), {epochs} epochs each, compile included; median of {trainings}:", "",
+             "| training | default (s) | XLA (s) | ratio default / XLA | faster |",
+             "|---|---:|---:|---:|---|"]
+    for name, median, _ in rows:
+        ratio = median["default"] / median["XLA"]
+        lines.append(f"| {name} | {median['default']:.1f} | {median['XLA']:.1f} | {ratio:.2f} "
+                     f"| {winner(ratio)} |")
+
+    def each(t):
+        return "; ".join(" ".join(f"{v:.1f}" for v in t[who]) for who in t)
+
+    lines += ["", "Each training, seconds (default; XLA): "
+              + ", ".join(f"{name}: {each(t)}" for name, _, t in rows) + "."]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per contender")
     parser.add_argument("--steps", type=int, default=100, help="training steps per repetition")
+    parser.add_argument("--trainings", type=int, default=3, help="whole trainings per contender")
+    parser.add_argument("--epochs", type=int, default=100, help="epochs of each whole training")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.steps < 1:
-        parser.error(f"--repeats={args.repeats} and --steps={args.steps} must be positive.")
+    if min(args.repeats, args.steps, args.trainings, args.epochs) < 1:
+        parser.error(f"--repeats={args.repeats}, --steps={args.steps}, --trainings={args.trainings} "
+                     f"and --epochs={args.epochs} must be positive.")
     began = time.perf_counter()
     print(header() + "\n")
     print(measure(args.repeats, args.steps))
+    print()
+    print(measure_trainings(args.trainings, args.epochs))
     print(f"\nTotal time: {time.perf_counter() - began:.0f} s")
 
 

@@ -18,9 +18,9 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="execute notebooks with papermill and print one table of their recorded metrics",
-        description="Execute notebooks (all, in order, by default) with papermill from their "
-        "own folder; print one table of every recorded metric. A parameter given with -p goes "
-        "to every notebook that declares it.",
+        description="Execute notebooks (all by default, in order, --jobs at once) with papermill "
+        "from their own folder, each in its own kernel; print one table of every recorded "
+        "metric. A parameter given with -p goes to every notebook that declares it.",
     )
     run.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
                      help="path, name (00_start_here) or number (00); default: all")
@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="runs",
                      help="folder for executed notebooks and results (default: runs)")
     run.add_argument("--no-progress", action="store_true", help="hide papermill's progress bar")
+    run.add_argument("--jobs", type=int, default=None, metavar="N",
+                     help="notebooks run at once, each in its own kernel (default: 2 with two or "
+                     "more CPUs, else 1); papermill's progress bar shows only with 1")
 
     sweep = commands.add_parser(
         "sweep",
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             given = {name: runner.parse_value(value) for name, value in args.parameter}
             outcomes = runner.run(args.notebooks, given, out=args.out,
-                                  progress=not args.no_progress)
+                                  progress=not args.no_progress, jobs=args.jobs)
             print()
             print(runner.results_table(outcomes))
             if not all(o.ok for o in outcomes):

@@ -79,6 +79,7 @@ def train_autoencoder(
     validation_freq: int = 1,
     verbose: int = 0,
     callbacks=None,
+    jit_compile="auto",
 ) -> keras.callbacks.History:
     """Compile ``model`` with a fresh optimizer and train it to reconstruct ``x_train``.
 
@@ -106,6 +107,9 @@ def train_autoencoder(
             An epoch runs as one compiled call, so the bar and batch-level callbacks advance
             once per epoch.
         callbacks: extra Keras callbacks.
+        jit_compile: passed to ``compile``: ``"auto"`` (Keras' default: XLA only on a GPU) or
+            ``True``/``False``. On a 2-core CPU XLA made the notebooks' digits trainings slower
+            (its compile time is not repaid in seconds-long trainings; ``benchmarks/xla.py``).
 
     Returns:
         The ``History`` of ``fit``: ``history.history["loss"]`` (and ``"val_loss"``) per epoch,
@@ -129,7 +133,7 @@ def train_autoencoder(
         optimizer = keras.optimizers.SGD(rate, momentum=momentum)
     # One compiled call runs a whole epoch: with small models the per-step Python overhead,
     # not the arithmetic, would otherwise dominate (over 10x slower on the 8x8 digits).
-    model.compile(optimizer=optimizer, steps_per_execution=steps_per_epoch)
+    model.compile(optimizer=optimizer, steps_per_execution=steps_per_epoch, jit_compile=jit_compile)
     if seed is not None:
         keras.utils.set_random_seed(seed)
     validation = None
@@ -867,18 +871,23 @@ class Interrupted(RuntimeError):
 class InterruptAt(keras.callbacks.Callback):
     """Stop ``fit`` by raising :class:`Interrupted` after the ``step``-th training batch of
     this call, as a crashed or stopped kernel would: a way to show (and test) that a run
-    resumed from its checkpoints loses no step."""
+    resumed from its checkpoints loses no step. With ``steps_per_execution > 1`` it raises at
+    the end of the compiled call that reaches ``step``."""
 
     def __init__(self, step: int):
         super().__init__()
         if not isinstance(step, int) or step < 1:
             raise ValueError(f"step={step!r} must be a positive integer.")
-        self.step, self.seen = step, 0
+        self.step, self.seen, self._begin = step, 0, 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._begin = batch
 
     def on_train_batch_end(self, batch, logs=None):
-        self.seen += 1
-        if self.seen == self.step:
-            raise Interrupted(f"training interrupted on purpose after {self.step} steps")
+        was = self.seen
+        self.seen += batch - self._begin + 1  # > 1 step per call with steps_per_execution > 1
+        if was < self.step <= self.seen:
+            raise Interrupted(f"training interrupted on purpose after {self.seen} steps")
 
 
 # --------------------------------------------------------------------------- distribution

@@ -351,13 +351,18 @@ def test_comparison_table_at_defaults(tmp_path):
     assert set(models["VAE"]) == scored | {"test_MSE", "linear_probe", "test_NLL_nats"}
     assert set(models["GAN"]) == scored
     for name, row in models.items():
-        # samples of each model: every digit, and within 8x the real-data floor (measured 3.8-4.2x)
+        # samples of each model: every digit, and within 8x the real-data floor (measured 1.2-4.1x)
         assert row["classes_present"] == 10, name
         assert metrics["fid_real"] < row["classifier-FID"] < 8 * metrics["fid_real"], name
-    # the KL term costs reconstruction (measured MSE 0.0115 against 0.0200)
+    # the generative models sample better than the autoencoder's decoded Gaussian noise
+    # (measured over seeds 0-2 at these budgets: AE 6.4-6.6, VAE 4.3-4.7, GAN 2.0-2.4 before
+    # the GAN and the VAE ran an epoch per compiled call; the committed run: 6.38, 4.36, 1.95)
+    assert models["VAE"]["classifier-FID"] < models["autoencoder"]["classifier-FID"]
+    assert models["GAN"]["classifier-FID"] < models["autoencoder"]["classifier-FID"]
+    # the KL term costs reconstruction (measured MSE 0.0110 against 0.0191)
     assert models["autoencoder"]["test_MSE"] < models["VAE"]["test_MSE"]
     assert min(models["autoencoder"]["linear_probe"], models["VAE"]["linear_probe"]) > 0.85  # measured 0.93
-    assert models["VAE"]["test_NLL_nats"] < 26  # measured 22.9 (k = 1000), as in notebook 03
+    assert models["VAE"]["test_NLL_nats"] < 26  # measured 22.4 (k = 1000), as in notebook 03
 
 
 # --------------------------------------------------------------------------- reproducibility

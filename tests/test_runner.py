@@ -75,6 +75,40 @@ def test_a_failing_notebook_is_named_and_its_output_marked(tmp_path):
     assert not (out / "results" / "00_start_here.json").exists()
 
 
+def test_two_notebooks_run_at_once_and_report_in_order(tmp_path):
+    """``jobs=2``: both notebooks start before either ends (sequentially, 05 would start only
+    after 00 is done), and the outcomes keep the order asked for."""
+    import io
+
+    small = {"samples": 8, "train_size": 320, "test_size": 64, "epochs": 2, "gan_epochs": 1,
+             "nll_samples": 10}
+    stream = io.StringIO()
+    outcomes = runner.run(["00", "05"], small, out=tmp_path, stream=stream, jobs=2)
+    assert [(o.notebook, o.ok) for o in outcomes] == [("00_start_here", True), ("05_comparison", True)]
+    lines = stream.getvalue().splitlines()
+    started = [i for i, line in enumerate(lines) if line.endswith(" started")]
+    done = [i for i, line in enumerate(lines) if " done in " in line]
+    assert len(started) == len(done) == 2 and max(started) < min(done), lines
+    for name in ("00_start_here", "05_comparison"):
+        assert (tmp_path / f"{name}.ipynb").is_file()
+        assert json.loads((tmp_path / "results" / f"{name}.json").read_text())["metrics"]
+    assert outcomes[1].metrics["models"]["GAN"]["classes_present"] >= 1
+
+
+@pytest.mark.parametrize("jobs", [0, -1, 1.5, True])
+def test_run_rejects_a_bad_jobs_count(tmp_path, jobs):
+    with pytest.raises(ValueError, match=f"jobs={jobs!r} must be a positive integer"):
+        runner.run(["00"], {}, out=tmp_path / "out", jobs=jobs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_default_jobs_is_two_with_two_cpus(monkeypatch):
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    assert runner.default_jobs() == 2
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 1)
+    assert runner.default_jobs() == 1
+
+
 def test_normalise_keeps_tags_and_gives_stable_ids():
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"], "papermill": {}}),

@@ -661,6 +661,7 @@ def train_vae(
     checkpoint_every: int | None = None,
     verbose: int = 0,
     callbacks=(),
+    jit_compile="auto",
 ) -> keras.callbacks.History:
     """Train a VAE with Adam on ``x_train`` for ``epochs`` passes; return Keras' ``History``.
 
@@ -675,7 +676,11 @@ def train_vae(
     ``x_val`` (already in the form the model should score, e.g. statically binarized) is
     evaluated every ``validation_freq`` epochs. The history has ``loss`` (``-ELBO`` with the
     KL weighted by ``beta``), ``reconstruction`` and ``kl`` per epoch, and ``val_`` versions
-    (after a resume, for the epochs run in this call only).
+    (after a resume, for the epochs run in this call only). Each compiled call runs a whole
+    epoch (with ``checkpoint_dir``: the greatest common divisor of the epoch's steps and
+    ``checkpoint_every``), so batch-level ``callbacks`` see one batch end per call. ``jit_compile`` goes to
+    ``compile`` (``"auto"``: XLA only on a GPU; on a 2-core CPU XLA slowed the notebooks' VAEs
+    down, see ``benchmarks/xla.py``).
     """
     from .. import data, training
 
@@ -690,15 +695,24 @@ def train_vae(
         )
     keras.utils.set_random_seed(seed)
     model.init_output_bias(x_train)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    steps_per_epoch = len(x_train) // batch_size
+    # Several steps per compiled call, the same updates with fewer Python round trips (a quarter
+    # of the time of these small models): a whole epoch, or, with checkpoints, the largest count
+    # that divides both the epoch and the checkpoint interval (fit_resumable needs both).
+    per_call = steps_per_epoch
+    valid_every = isinstance(checkpoint_every, int) and not isinstance(checkpoint_every, bool)
+    if checkpoint_dir is not None and valid_every and checkpoint_every > 0:
+        per_call = math.gcd(steps_per_epoch, checkpoint_every)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit_compile,
+                  steps_per_execution=per_call)
     validation = None
     if x_val is not None:
         validation = data.dataset(x_val, batch_size=1024, shuffle=False)
     extra = [KLWarmup(warmup_epochs)] if warmup_epochs else []
-    steps_per_epoch = len(x_train) // batch_size
     fit = training.fit_resumable(
         model, x_train, steps=epochs * steps_per_epoch, batch_size=batch_size, seed=seed,
-        binarization=binarization, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+        binarization=binarization, checkpoint_dir=checkpoint_dir,
+        checkpoint_every=None if checkpoint_dir is None else checkpoint_every,
         validation_data=validation, validation_freq=validation_freq, callbacks=[*extra, *callbacks],
         verbose=verbose,
     )
