@@ -277,8 +277,8 @@ SCHEMAS: dict[str, tuple[Param, ...]] = {
     "05_comparison": (
         DATASET,
         LATENT_DIM,
-        Param("epochs", int, 100, "passes for the autoencoder and the VAE", low=1, high=5000),
-        Param("gan_epochs", int, 100, "passes for the GAN", low=1, high=5000),
+        Param("epochs", int, 200, "passes for the autoencoder and the VAE", low=1, high=5000),
+        Param("gan_epochs", int, 300, "passes for the GAN", low=1, high=5000),
         BATCH_SIZE,
         Param("nll_samples", int, 1000, "importance samples k of the VAE's test NLL", low=1,
               high=100_000),
