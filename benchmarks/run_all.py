@@ -6,7 +6,7 @@ quality (``time_to_quality.py``) and the series wall time (``series.py``), in on
 notebooks run in their own kernels), each at its defaults. Progress goes to stderr, the report
 to stdout.
 
-* ``--quick``: tiny budgets (2 repetitions of 20 steps; the time-to-quality plumbing check;
+* ``--quick``: tiny budgets (2 repetitions of 1 epoch or 20 steps; the time-to-quality plumbing check;
   notebook 00 only), about 2 minutes: checks that everything runs, measures nothing.
 * ``--write``: replace the text between ``<!-- results:start -->`` and ``<!-- results:end -->``
   in ``benchmarks/README.md`` with the report printed, headed by the date (UTC), the machine
@@ -46,9 +46,10 @@ def sections(quick: bool, dcgan_minutes: float | None):
     if dcgan_minutes is not None:
         quality = dataclasses.replace(quality, dcgan_minutes=dcgan_minutes)
     repeats = {"repeats": 2, "steps": 20} if quick else {}
+    per_model = {"repeats": 2, "epochs": 1} if quick else {}
     trainings = {"trainings": 1, "epochs": 2} if quick else {}
     return [
-        ("Step throughput: `support` against a hand-written loop", lambda: throughput.measure(**repeats)),
+        ("Step throughput: `support` against a hand-written loop", lambda: throughput.measure(**per_model)),
         ("XLA: `jit_compile=True` against the default",
          lambda: xla.measure(**repeats) + "\n\n" + xla.measure_trainings(**trainings)),
         ("Time to quality", lambda: time_to_quality.measure(quality)),

@@ -3,21 +3,27 @@
 For each model (dense autoencoder, convolutional Bernoulli VAE, DCGAN) this trains
 
 * **support**: the model's own ``train_step`` through Keras ``fit``, as
-  :func:`support.training.fit_resumable` runs it (called here, without checkpoints), and
+  :func:`support.training.fit_resumable` runs it (called here, without checkpoints), compiled
+  as `support`'s training functions compile it (``train_autoencoder``, ``train_vae`` and
+  notebook 05's GAN): an epoch per compiled call (``steps_per_execution`` = steps per epoch);
+* **support, 1 step per call**: the same, compiled with Keras' default of one step per call
+  (as a model that a user compiles without ``steps_per_execution`` runs): ``fit``'s own
+  per-step cost; and
 * **hand-written**: a fresh copy of the same architecture with the same initial weights, trained
   by a ``@tf.function`` step with ``tf.GradientTape`` on the same loss, with the same optimizer
-  settings, fed by the same :func:`support.data.step_batches` dataset and batch size,
+  settings, fed by the same :func:`support.data.step_batches` dataset and batch size, one
+  Python call per step as such loops are written,
 
-alternately in one process (the order flips every repetition). Each repetition times ``--steps``
-training steps end to end (building the dataset, iterating it, waiting for the last update);
-a warm-up run before the first repetition traces both steps, so tracing is not timed. The table
-gives the median samples/s of each over ``--repeats`` repetitions and their ratio
-(support / hand-written: below 1 means `support` is slower).
+alternately in one process (the order reverses every repetition). Each repetition times
+``--epochs`` epochs of training steps end to end (building the dataset, iterating it, waiting
+for the last update); a warm-up run of one epoch before the first repetition traces every
+step, so tracing is not timed. The table gives the median samples/s of each over ``--repeats``
+repetitions and the ratios to the hand-written loop (below 1 means `support` is slower).
 
 Synthetic data of MNIST shape (10,000 uniform random images in [0, 1], no downloads); batch
-size 128, 64 for the GAN.
+size 128 (78 steps per epoch), 64 for the GAN (156 steps per epoch).
 
-    python benchmarks/throughput.py [--repeats N] [--steps S]
+    python benchmarks/throughput.py [--repeats N] [--epochs E]
 """
 
 from __future__ import annotations  # noqa: I001  (support before keras and tensorflow)
@@ -46,7 +52,7 @@ IMAGE_SHAPE = (28, 28, 1)
 EXAMPLES = 10_000
 LATENT_DIM = 16
 GAN_LATENT_DIM = 32
-WARMUP_STEPS = 20
+WARMUP_STEPS = 20  # xla.py's warm-up (there, one step per call)
 
 
 # --------------------------------------------------------------------------- hand-written steps
@@ -123,49 +129,63 @@ def gan_step(generator, discriminator, d_optimizer, g_optimizer):
 
 
 MODELS = ("dense autoencoder", "conv VAE", "DCGAN")
+BATCH_SIZES = {"dense autoencoder": 128, "conv VAE": 128, "DCGAN": 64}
 
 
-def support_model(name: str, jit_compile="auto"):
+def support_model(name: str, jit_compile="auto", steps_per_execution: int = 1):
     """``(model, batch_size)``: the compiled `support` model ``name`` of the table, its weights
     drawn after ``keras.utils.set_random_seed(0)`` (so every call gives the same initial weights),
-    compiled with ``jit_compile`` (``"auto"``: XLA only on a GPU; ``True``: XLA)."""
+    compiled with ``jit_compile`` (``"auto"``: XLA only on a GPU; ``True``: XLA) and
+    ``steps_per_execution``."""
     keras.utils.set_random_seed(0)
+    options = {"jit_compile": jit_compile, "steps_per_execution": steps_per_execution}
     if name == "dense autoencoder":
         model = DenseAutoencoder(IMAGE_SHAPE, (128, 64), LATENT_DIM)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile)
-        return model, 128
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), **options)
+        return model, BATCH_SIZES[name]
     if name == "conv VAE":
         model = VAE(IMAGE_SHAPE, LATENT_DIM, encoder="conv", filters=(32, 64))
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=jit_compile)
-        return model, 128
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), **options)
+        return model, BATCH_SIZES[name]
     if name == "DCGAN":
         model = GAN(dcgan_generator(GAN_LATENT_DIM, IMAGE_SHAPE, filters=32),
                     dcgan_discriminator(IMAGE_SHAPE, filters=32))
         model.compile(d_optimizer=keras.optimizers.Adam(1e-3, beta_1=0.5),
-                      g_optimizer=keras.optimizers.Adam(1e-3, beta_1=0.5), jit_compile=jit_compile)
-        return model, 64
+                      g_optimizer=keras.optimizers.Adam(1e-3, beta_1=0.5), **options)
+        return model, BATCH_SIZES[name]
     raise ValueError(f"name={name!r} is not a benchmarked model; choose one of {', '.join(MODELS)}.")
 
 
+CONTENDERS = ("support", "support, 1 step per call", "hand-written")
+
+
+def steps_per_epoch(name: str) -> int:
+    """Steps in one pass over the synthetic data at the model's batch size (78 or 156)."""
+    return EXAMPLES // BATCH_SIZES[name]
+
+
 def build(name: str):
-    """``(support_model, hand_step, batch_size)``: a compiled `support` model and the
-    hand-written step of a copy of it with the same initial weights."""
-    model, batch_size = support_model(name)
+    """``({contender: model or step}, batch_size)``: the `support` model compiled with an epoch
+    per call, the same compiled with one step per call, and the hand-written step of a copy,
+    all three with the same initial weights."""
+    model, batch_size = support_model(name, steps_per_execution=steps_per_epoch(name))
+    one_step, _ = support_model(name)
     if name == "dense autoencoder":
         copy = DenseAutoencoder(IMAGE_SHAPE, (128, 64), LATENT_DIM)
         copy.set_weights(model.get_weights())
-        return model, autoencoder_step(copy, keras.optimizers.Adam(1e-3)), batch_size
-    if name == "conv VAE":
+        step = autoencoder_step(copy, keras.optimizers.Adam(1e-3))
+    elif name == "conv VAE":
         copy = VAE(IMAGE_SHAPE, LATENT_DIM, encoder="conv", filters=(32, 64))
         copy.set_weights(model.get_weights())
-        return model, vae_step(copy, keras.optimizers.Adam(1e-3)), batch_size
-    generator = dcgan_generator(GAN_LATENT_DIM, IMAGE_SHAPE, filters=32)
-    discriminator = dcgan_discriminator(IMAGE_SHAPE, filters=32)
-    generator.set_weights(model.generator.get_weights())
-    discriminator.set_weights(model.discriminator.get_weights())
-    step = gan_step(generator, discriminator, keras.optimizers.Adam(1e-3, beta_1=0.5),
-                    keras.optimizers.Adam(1e-3, beta_1=0.5))
-    return model, step, batch_size
+        step = vae_step(copy, keras.optimizers.Adam(1e-3))
+    else:
+        generator = dcgan_generator(GAN_LATENT_DIM, IMAGE_SHAPE, filters=32)
+        discriminator = dcgan_discriminator(IMAGE_SHAPE, filters=32)
+        generator.set_weights(model.generator.get_weights())
+        discriminator.set_weights(model.discriminator.get_weights())
+        step = gan_step(generator, discriminator, keras.optimizers.Adam(1e-3, beta_1=0.5),
+                        keras.optimizers.Adam(1e-3, beta_1=0.5))
+    return dict(zip(CONTENDERS, (model, one_step, step))), batch_size
 
 
 def run_support(model, x, batch_size: int, steps: int, seed: int) -> float:
@@ -206,37 +226,45 @@ def synthetic_images() -> np.ndarray:
     return np.random.default_rng(0).uniform(size=(EXAMPLES, *IMAGE_SHAPE)).astype(np.float32)
 
 
-def measure(repeats: int = 5, steps: int = 200) -> str:
+def run(who: str, trainee, x, batch_size: int, steps: int, seed: int) -> float:
+    """Seconds for contender ``who`` to train ``steps`` steps."""
+    return (run_hand if who == "hand-written" else run_support)(trainee, x, batch_size, steps, seed)
+
+
+def measure(repeats: int = 5, epochs: int = 2) -> str:
     """Run the comparison and return its report (Markdown: settings, table, spread)."""
     x = synthetic_images()
     rows = []
     for name in MODELS:
         print(f"throughput: {name}", file=sys.stderr, flush=True)
-        model, step, batch_size = build(name)
-        # Warm-up: trace both steps (and let tf.data and the thread pools settle), untimed.
-        run_support(model, x, batch_size, WARMUP_STEPS, seed=0)
-        run_hand(step, x, batch_size, WARMUP_STEPS, seed=0)
-        times = {"support": [], "hand": []}
+        trainees, batch_size = build(name)
+        steps = epochs * steps_per_epoch(name)
+        # Warm-up: trace every step (and let tf.data and the thread pools settle), untimed.
+        for who, trainee in trainees.items():
+            run(who, trainee, x, batch_size, steps_per_epoch(name), seed=0)
+        times = {who: [] for who in CONTENDERS}
         for repeat in range(repeats):
-            order = ("support", "hand") if repeat % 2 == 0 else ("hand", "support")
-            for who in order:
-                run = run_support if who == "support" else run_hand
-                times[who].append(run(model if who == "support" else step, x, batch_size,
-                                      steps, seed=repeat + 1))
+            for who in CONTENDERS if repeat % 2 == 0 else CONTENDERS[::-1]:
+                times[who].append(run(who, trainees[who], x, batch_size, steps, seed=repeat + 1))
         rate = {who: steps * batch_size / statistics.median(t) for who, t in times.items()}
         spread = {who: [steps * batch_size / s for s in t] for who, t in times.items()}
-        rows.append((name, batch_size, rate["support"], rate["hand"], model.jit_compile, spread))
+        rows.append((name, batch_size, steps, rate, trainees["support"].jit_compile, spread))
 
-    lines = [f"Settings: {repeats} repetition{'s' * (repeats > 1)} of {steps} steps, {EXAMPLES:,} synthetic "
-             f"{'x'.join(map(str, IMAGE_SHAPE))} images.", "",
-             "| model | support samples/s | hand-written samples/s | ratio |", "|---|---:|---:|---:|"]
-    for name, batch_size, ours, hand, *_ in rows:
-        lines.append(f"| {name} (batch {batch_size}) | {ours:,.0f} | {hand:,.0f} | {ours / hand:.2f} |")
-    lines += ["", "Per repetition, samples/s (support; hand-written):", "", "```"]
+    lines = [f"Settings: {repeats} repetition{'s' * (repeats > 1)} of {epochs} epoch{'s' * (epochs > 1)} "
+             f"each, {EXAMPLES:,} synthetic {'x'.join(map(str, IMAGE_SHAPE))} images; `support` "
+             "compiled with an epoch per call as its training functions do, and with one step per call.",
+             "", "| model | steps | support samples/s | 1 step per call | hand-written samples/s | "
+             "ratio support / hand | ratio 1 step per call / hand |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, batch_size, steps, rate, *_ in rows:
+        ours, one, hand = (rate[who] for who in CONTENDERS)
+        lines.append(f"| {name} (batch {batch_size}) | {steps} | {ours:,.0f} | {one:,.0f} | {hand:,.0f} | "
+                     f"{ours / hand:.2f} | {one / hand:.2f} |")
+    lines += ["", f"Per repetition, samples/s ({'; '.join(CONTENDERS)}):", "", "```"]
     width = max(len(row[0]) for row in rows) + 1
     for name, *_, spread in rows:
         lines.append(f"{name + ':':<{width}} "
-                     + "; ".join(" ".join(f"{v:,.0f}" for v in spread[who]) for who in spread))
+                     + "; ".join(" ".join(f"{v:,.0f}" for v in spread[who]) for who in CONTENDERS))
     lines += ["```", "", f"fit's jit_compile (XLA): {', '.join(f'{r[0]}: {r[4]}' for r in rows)}; "
               "the hand-written steps are plain tf.function."]
     return "\n".join(lines)
@@ -251,13 +279,14 @@ def header() -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per contender")
-    parser.add_argument("--steps", type=int, default=200, help="training steps per repetition")
+    parser.add_argument("--epochs", type=int, default=2,
+                        help="epochs (passes over the 10,000 images) per repetition")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.steps < 1:
-        parser.error(f"--repeats={args.repeats} and --steps={args.steps} must be positive.")
+    if args.repeats < 1 or args.epochs < 1:
+        parser.error(f"--repeats={args.repeats} and --epochs={args.epochs} must be positive.")
     began = time.perf_counter()
     print(header() + "\n")
-    print(measure(args.repeats, args.steps))
+    print(measure(args.repeats, args.epochs))
     print(f"\nTotal time: {time.perf_counter() - began:.0f} s")
 
 

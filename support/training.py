@@ -651,6 +651,35 @@ class _StepControl(keras.callbacks.Callback):
             self.cut_epoch = True
 
 
+class _EpochControl(keras.callbacks.Callback):
+    """:class:`_StepControl` for a run whose start, checkpoints and end all fall on epoch
+    boundaries: it counts steps and saves at the end of each epoch only. Having no batch hook
+    matters: Keras waits for every step's results (a device-to-host copy of the logs) before
+    the next step whenever some callback has ``on_train_batch_end``, and otherwise dispatches
+    batch callbacks asynchronously, so that Python can queue the next step while one runs."""
+
+    def __init__(self, step, total, steps_per_epoch, every, save):
+        super().__init__()
+        self.step, self.total = step, total
+        self.steps_per_epoch, self.every, self.save = steps_per_epoch, every, save
+        self.saved_step = step
+        self.cut_epoch = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.step += self.steps_per_epoch  # no batch hook anywhere: nothing ends an epoch early
+        if self.save is not None and self.step % self.every == 0:
+            self.save(self.step)
+            self.saved_step = self.step
+        if self.step >= self.total:
+            self.model.stop_training = True
+
+
+def _has_batch_end_hook(callback) -> bool:
+    base = keras.callbacks.Callback
+    return any(getattr(type(callback), hook) is not getattr(base, hook)
+               for hook in ("on_train_batch_end", "on_batch_end"))
+
+
 def _check_count(value, name, allow_none=False):
     if value is None and allow_none:
         return None
@@ -822,7 +851,13 @@ def fit_resumable(
         history.set_model(model)
         return ResumableFit(history, start_step, 0, manager.latest_checkpoint)
 
-    control = _StepControl(start_step, steps, steps_per_epoch, checkpoint_every, save)
+    others = [*callbacks, *tensorboard_logs.callbacks(model, x=x)]
+    on_epochs = (start_step % steps_per_epoch == 0 and steps % steps_per_epoch == 0
+                 and checkpoint_every % steps_per_epoch == 0)
+    # Step by step only where a boundary falls inside an epoch or another callback needs every
+    # batch (and so could stop mid-epoch); else no batch hook, so fit need not wait for each step.
+    control = (_EpochControl if on_epochs and not any(map(_has_batch_end_hook, others)) else _StepControl)(
+        start_step, steps, steps_per_epoch, checkpoint_every, save)
     batches = data.step_batches(x, batch_size, seed=seed, start_step=start_step,
                                 steps=steps - start_step, binarization=binarization)
     history = model.fit(
@@ -832,7 +867,7 @@ def fit_resumable(
         steps_per_epoch=steps_per_epoch,
         validation_data=validation_data,
         validation_freq=validation_freq,
-        callbacks=[_EpochCut(control), *callbacks, *tensorboard_logs.callbacks(model, x=x), control],
+        callbacks=[_EpochCut(control), *others, control],
         shuffle=False,  # step_batches orders the batches
         verbose=verbose,
     )

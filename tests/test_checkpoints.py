@@ -169,6 +169,30 @@ def test_checkpoint_dir_none_trains_the_same_steps_without_checkpoints(gan_runs)
     assert_same_state(gan_runs["whole"], gan)
 
 
+def test_a_run_on_epoch_boundaries_has_no_batch_hook_and_trains_the_same_steps(gan_runs, tmp_path):
+    # Start, checkpoints and end on epoch boundaries (12 steps per epoch), no other callback
+    # with a batch hook: fit_resumable then counts at epoch ends, so that Keras need not wait for
+    # each step's logs. It must save, count and train exactly as the step-by-step control does.
+    settings = {**gan_runs["settings"], "steps": 36, "checkpoint_every": 12}
+    gan = make_gan()
+    seen = []
+    fit = gan.fit
+    gan.fit = lambda *args, **kwargs: seen.extend(kwargs["callbacks"]) or fit(*args, **kwargs)
+    result = fit_resumable(gan, gan_runs["x"], checkpoint_dir=tmp_path / "epochs", **settings)
+    default = keras.callbacks.Callback.on_train_batch_end
+    assert seen and not [callback for callback in seen if type(callback).on_train_batch_end is not default]
+    assert (result.start_step, result.steps_run, result.step) == (0, 36, 36)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(), str(tmp_path / "epochs"), 2)
+    assert [path.rsplit("-", 1)[1] for path in manager.checkpoints] == ["24", "36"]
+    assert gan.g_optimizer.iterations.numpy() == 36
+
+    stepwise, counter = make_gan(), CountBatches()  # a batch hook: the step-by-step control
+    fit_resumable(stepwise, gan_runs["x"], checkpoint_dir=tmp_path / "steps", callbacks=[counter],
+                  **settings)
+    assert counter.count == 36
+    assert_same_state(stepwise, gan)
+
+
 def test_a_checkpoint_of_another_model_or_other_data_is_refused(gan_runs):
     folder = gan_runs["whole_dir"]
     other = make_gan(width=16)
