@@ -738,6 +738,14 @@ def fit_resumable(
     ``ValueError`` names ``checkpoint_dir``. ``steps`` may change between runs (to train
     longer); restored optimizers keep their checkpointed learning rate.
 
+    Speed: for small models Python's round trips, not the arithmetic, set the pace. Compile
+    with ``steps_per_execution`` (e.g. the steps of an epoch, as :func:`train_autoencoder` and
+    :func:`train_vae` do) so that ``fit`` launches many steps per call; ``steps``,
+    ``steps_per_epoch`` and ``checkpoint_every`` must then be multiples of it. When the start,
+    the checkpoints and the end fall on epoch boundaries and no callback has a batch hook,
+    steps are counted at epoch ends, so ``fit`` need not wait for each call's results before
+    launching the next (``benchmarks/throughput.py`` measures both against a hand-written loop).
+
     Args:
         model: a compiled Keras model whose ``train_step`` takes batches of ``x`` alone (the
             GAN, the VAE, the autoencoders). Its weights must exist (built).
