@@ -7,7 +7,7 @@ notebooks run in their own kernels), each at its defaults. Progress goes to stde
 to stdout.
 
 * ``--quick``: tiny budgets (2 repetitions of 1 epoch or 20 steps; the time-to-quality plumbing check;
-  notebook 00 only), about 2 minutes: checks that everything runs, measures nothing.
+  notebook 00 only), about 3 minutes: checks that everything runs, measures nothing.
 * ``--write``: replace the text between ``<!-- results:start -->`` and ``<!-- results:end -->``
   in ``benchmarks/README.md`` with the report printed, headed by the date (UTC), the machine
   and the command. Refused with ``--quick``, and not done when a benchmark raised an error.
@@ -71,7 +71,7 @@ def write_results(report: str, readme: Path = README) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="tiny budgets (about 2 minutes): checks the plumbing, measures nothing")
+                        help="tiny budgets (about 3 minutes): checks the plumbing, measures nothing")
     parser.add_argument("--write", action="store_true",
                         help=f"put the report into {README.name} between {START} and {END}")
     parser.add_argument("--dcgan-minutes", type=float, default=None,
