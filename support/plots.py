@@ -46,7 +46,7 @@ def image_grid(
         if labels is not None:
             label = labels[i]
             text = label_names[int(label)] if label_names is not None else str(label)
-            ax.set_title(text, fontsize=8, pad=2)
+            ax.set_title(text, fontsize=9, pad=2)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -126,7 +126,7 @@ def curves(
     if title:
         ax.set_title(title)
     if len(series) + len(hlines or {}) > 1:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -147,23 +147,25 @@ def scatter_by_label(
     set of centres marked as crosses."""
     fig, ax = _figure(ax, (5, 5))
     points = np.asarray(points)
+    if centers is not None:  # drawn first and thin, so that no sample hides under a marker
+        ax.scatter(centers[:, 0], centers[:, 1], marker="+", color="black", s=40, linewidths=0.6,
+                   zorder=1, label="modes")
     if labels is None:
-        ax.scatter(points[:, 0], points[:, 1], s=size, alpha=0.5)
+        ax.scatter(points[:, 0], points[:, 1], s=size, alpha=0.5, zorder=2)
     else:
         labels = np.asarray(labels)
         classes = np.unique(labels)
-        cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+        colours = label_colours(len(classes))
         for i, label in enumerate(classes):
             chosen = labels == label
             name = label_names[int(label)] if label_names is not None else str(label)
             ax.scatter(
                 points[chosen, 0], points[chosen, 1], s=size, alpha=0.6,
-                color=cmap(i % cmap.N), label=name,
+                color=colours[i], label=name, zorder=2,
             )
-        if len(classes) <= 10:
-            ax.legend(markerscale=4, fontsize=7, loc="best", frameon=True)
-    if centers is not None:
-        ax.scatter(centers[:, 0], centers[:, 1], marker="x", color="black", s=30, label="modes")
+        if len(classes) <= 10:  # beside the axes, never over the data
+            ax.legend(markerscale=4, fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1),
+                      frameon=False, borderaxespad=0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_aspect("equal", adjustable="datalim")
@@ -171,6 +173,17 @@ def scatter_by_label(
         ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def label_colours(n: int) -> list:
+    """``n`` distinct colours: tab10 up to 10 labels, tab20 + tab20b up to 40 (no colour
+    repeats, as it would with tab20 alone on grid25's 25 modes), then a hue circle."""
+    if n <= 10:
+        return [plt.get_cmap("tab10")(i) for i in range(n)]
+    if n <= 40:
+        return ([plt.get_cmap("tab20")(i) for i in range(20)]
+                + [plt.get_cmap("tab20b")(i) for i in range(20)])[:n]
+    return [plt.get_cmap("hsv")(i / n) for i in range(n)]
 
 
 def class_counts(
@@ -190,13 +203,15 @@ def class_counts(
         ax.bar(np.arange(len(classes)) + i * width, fractions, width=width, label=name)
     ax.set_xticks(np.arange(len(classes)) + 0.4 - width / 2)
     names = [label_names[int(c)] if label_names is not None else str(c) for c in classes]
-    ax.set_xticklabels(names, rotation=30 if label_names is not None else 0, fontsize=8)
+    ax.set_xticklabels(names, rotation=30 if label_names is not None else 0, fontsize=9)
     ax.set_xlabel("class")
     ax.set_ylabel("fraction of examples")
     if title:
         ax.set_title(title)
-    if len(labels) > 1:
-        ax.legend()
+    if len(labels) > 1:  # in a band of its own above the tallest bar
+        top = max((np.asarray(v) == c).mean() for v in labels.values() for c in classes)
+        ax.set_ylim(0, top * 1.3)
+        ax.legend(loc="upper center", ncol=len(labels), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -222,7 +237,7 @@ def architecture(
         ax.add_patch(plt.Rectangle((i - 0.15, -height / 2), 0.3, height, color=colour, alpha=0.8))
         ax.text(i, -height / 2 - 0.07, str(size), ha="center", va="top", fontsize=9)
         if names is not None:
-            ax.text(i, height / 2 + 0.05, names[i], ha="center", va="bottom", fontsize=8)
+            ax.text(i, height / 2 + 0.05, names[i], ha="center", va="bottom", fontsize=9)
         if i + 1 < len(sizes):
             nxt = heights[i + 1]
             ax.fill([i + 0.15, i + 0.85, i + 0.85, i + 0.15],

@@ -410,7 +410,7 @@ def sweep(
         plot_path.unlink(missing_ok=True)  # a stale plot would disagree with the CSV
         plot_path = None
     else:
-        _write_atomic(plot_path, lambda tmp: figure.savefig(tmp, format="png", dpi=80))
+        _write_atomic(plot_path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
     return SweepResult(path.stem, out, runs, csv_path, plot_path)
 
 
@@ -574,10 +574,19 @@ def sweep_failure_report(result: SweepResult) -> str:
 
 def normalise(notebook) -> None:
     """Tidy an executed notebook for committing: drop papermill's and Jupyter's per-run
-    metadata, keep tags, give every cell a stable id, set the standard kernel metadata."""
+    metadata, keep tags, give every cell a stable id, set the standard kernel metadata.
+
+    A code cell whose first line is a Colab form title (``#@title What it shows``) is a
+    cell whose only job is the prose or a figure's wiring: its source is hidden in JupyterLab
+    (``jupyter.source_hidden``) and shown as a form in Colab (``cellView: form``); its
+    output stays visible. Every other cell's source is shown.
+    """
     keep_cell_metadata = {"tags"}
     for index, cell in enumerate(notebook.cells):
         cell.metadata = {k: v for k, v in cell.metadata.items() if k in keep_cell_metadata}
+        if cell.cell_type == "code" and cell.source.lstrip().startswith("#@title"):
+            cell.metadata["jupyter"] = {"source_hidden": True}
+            cell.metadata["cellView"] = "form"
         if not cell.get("id") or cell.get("id", "").startswith("papermill"):
             cell["id"] = f"cell-{index:02d}"
         if cell.cell_type == "code":

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 import types
@@ -73,6 +74,47 @@ def test_results_dir_that_is_a_file(tmp_path):
     target.write_text("x")
     with pytest.raises(ValueError, match="it is a file"):
         DIRECTORY.check(str(target))
+
+
+@pytest.mark.parametrize("where,says", [
+    ("/dev/null/x", "/dev/null is not a folder"),
+    ("FILE/below", "is not a folder"),
+])
+def test_results_dir_that_cannot_be_created_is_refused_before_any_work(tmp_path, where, says):
+    where = where.replace("FILE", str(tmp_path / "file.txt"))
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(ValueError, match="choose a folder you can write to") as info:
+        DIRECTORY.check(where)
+    assert says in str(info.value) and str(info.value).startswith(f"parameter results_dir={where!r}")
+
+
+def test_results_dir_check_creates_nothing(tmp_path):
+    target = tmp_path / "new" / "deeper"
+    assert DIRECTORY.check(str(target)) == str(target)
+    assert list(tmp_path.iterdir()) == []  # the folders it made to try are gone again
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into a read-only folder")
+def test_results_dir_in_a_read_only_folder(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(ValueError, match="cannot be written"):
+            DIRECTORY.check(str(locked / "results"))
+    finally:
+        locked.chmod(0o700)
+
+
+def test_markdown_tables_escape_bars_and_keep_their_columns():
+    table = notebook.markdown_table([("largest |gap − KL| / KL", 0.5), ("two\nlines", "a|b")],
+                                    header=("|difference|", "value"))
+    lines = table.splitlines()
+    assert lines[0] == "| \\|difference\\| | value |"
+    assert all(line.replace("\\|", "").count("|") == 3 for line in lines)
+    assert "two lines" in lines[3]
+    with pytest.raises(ValueError, match="3 cells and the header 2"):
+        notebook.markdown_table([(1, 2, 3)], header=("a", "b"))
 
 
 def test_validate_fills_defaults_and_rejects_unknown_names():

@@ -151,9 +151,65 @@ def test_committed_notebook_is_executed_in_order_without_errors(path):
     assert len({c["id"] for c in nb.cells}) == len(nb.cells)
     # normalised: no papermill, timing or widget metadata left behind by the run
     assert set(nb.metadata) <= {"colab", "kernelspec", "language_info"}, set(nb.metadata)
-    assert {key for c in nb.cells for key in c.metadata} <= {"tags"}
+    assert {key for c in nb.cells for key in c.metadata} <= {"tags", "jupyter", "cellView"}
+    for cell in nb.cells:  # only prose cells (a Colab form title) hide their source
+        hidden = cell.metadata.get("jupyter", {}).get("source_hidden", False)
+        assert hidden == (cell.cell_type == "code" and cell.source.lstrip().startswith("#@title"))
     tags = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tags) == 1
+
+
+def markdown_tables(text):
+    """The GitHub-flavoured tables in a Markdown text: lists of rows, each a list of cells
+    (a ``\\|`` inside a cell is text, not a column break)."""
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.strip().startswith("|"):
+            current.append([c.strip() for c in line.replace("\\|", "\0").strip().strip("|").split("|")])
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def committed_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    for index, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            yield index, output
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.name)
+def test_every_rendered_table_has_the_header_columns_in_every_row(path):
+    nb = nbformat.read(path, as_version=4)
+    texts = [(i, c.source) for i, c in enumerate(nb.cells) if c.cell_type == "markdown"]
+    texts += [(i, "".join(o.get("data", {}).get("text/markdown", ""))) for i, o in committed_outputs(path)]
+    found = 0
+    for index, text in texts:
+        for table in markdown_tables(text):
+            found += 1
+            assert len(table) >= 2 and set("".join(table[1])) <= set("-: "), (index, table[:2])
+            widths = {len(row) for row in table}
+            assert widths == {len(table[0])}, f"cell {index}: rows of {sorted(widths)} columns: {table[0]}"
+    assert found, "no table found: the parser is broken"
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.name)
+def test_committed_outputs_show_no_stderr_warning_or_local_path(path):
+    for index, output in committed_outputs(path):
+        assert not (output.output_type == "stream" and output.name == "stderr"), (
+            f"cell {index} shows stderr: {output.text[:200]!r}")
+        text = output.get("text", "") + "".join(
+            "".join(v) for k, v in output.get("data", {}).items() if k.startswith("text/"))
+        assert "Warning" not in text, f"cell {index} shows a warning: {text[:200]!r}"
+        for local in ("/work/", "/home/", "/tmp/", "site-packages"):
+            assert local not in text, f"cell {index} shows a local path: {text[:200]!r}"
+
+
+def test_the_table_parser_finds_a_broken_row():
+    assert markdown_tables("| a | b |\n|---|---|\n| 1 \\| 2 | 3 |")[0][2] == ["1 \0 2", "3"]
+    broken = markdown_tables("| a | b |\n|---|---|\n| largest |gap| | 3 |")[0]
+    assert {len(r) for r in broken} == {2, 4}
 
 
 # --------------------------------------------------------------------------- 01 autoencoders

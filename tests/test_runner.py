@@ -122,6 +122,17 @@ def test_normalise_keeps_tags_and_gives_stable_ids():
     assert "papermill" not in nb.metadata and nb.metadata["kernelspec"]["name"] == "python3"
 
 
+def test_normalise_hides_the_source_of_prose_cells_only():
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("#@title The result, in words\nshow_markdown('...')",
+                                  metadata={"jupyter": {"outputs_hidden": True}}),
+        nbformat.v4.new_code_cell("model.fit(x)  #@title in a comment is not a form"),
+    ])
+    runner.normalise(nb)
+    assert nb.cells[0].metadata == {"jupyter": {"source_hidden": True}, "cellView": "form"}
+    assert nb.cells[1].metadata == {}
+
+
 # --------------------------------------------------------------------------- sweeps
 #
 # The sweeps run a tiny stand-in for 00_start_here (the schema is looked up by the notebook's
