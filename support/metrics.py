@@ -140,8 +140,8 @@ def principal_angles(a, b) -> np.ndarray:
     return np.sort(np.degrees(angles))
 
 
-def reconstruction_mse(model: Callable, x, batch_size: int = 1024) -> float:
-    """Per-pixel MSE ``mean over examples and pixels of (x - model(x))^2``.
+def per_example_mse(model: Callable, x, batch_size: int = 1024) -> np.ndarray:
+    """``[n]`` per-pixel MSE of each example, ``mean over pixels of (x - model(x))^2``.
 
     Args:
         model: a Keras model (called in inference mode on batches of ``batch_size``) or any
@@ -159,7 +159,95 @@ def reconstruction_mse(model: Callable, x, batch_size: int = 1024) -> float:
     x = np.asarray(x, dtype=np.float64)
     if x_hat.shape != x.shape:
         raise ValueError(f"the reconstruction has shape {x_hat.shape}, x has {x.shape}.")
-    return float(np.mean((x - x_hat) ** 2))
+    return ((x - x_hat) ** 2).reshape(len(x), -1).mean(axis=1)
+
+
+def reconstruction_mse(model: Callable, x, batch_size: int = 1024) -> float:
+    """Per-pixel MSE ``mean over examples and pixels of (x - model(x))^2``
+    (the mean of :func:`per_example_mse`)."""
+    return float(np.mean(per_example_mse(model, x, batch_size)))
+
+
+def pca_per_example_mse(x_train, x_test, k: int) -> np.ndarray:
+    """``[n]`` per-pixel MSE of each test example projected on the top-``k`` principal
+    subspace of ``x_train`` (its mean is :func:`pca_reconstruction_mse`)."""
+    fitted = pca(x_train, k)
+    centred = _flat(x_test) - fitted.mean
+    residual = centred - (centred @ fitted.components.T) @ fitted.components
+    return np.mean(residual**2, axis=1)
+
+
+def standard_error(values) -> float:
+    """Standard error of the mean of ``values``: ``std(values, ddof=1) / sqrt(n)``. Applied to
+    paired differences (two models scored on the same examples) it is the standard error of
+    the difference of their means."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if len(values) < 2:
+        raise ValueError("a standard error needs at least two values.")
+    return float(np.std(values, ddof=1) / np.sqrt(len(values)))
+
+
+def binomial_se(p: float, n: int) -> float:
+    """Standard error ``sqrt(p (1 - p) / n)`` of an accuracy ``p`` measured on ``n`` examples."""
+    return float(np.sqrt(p * (1 - p) / n))
+
+
+def rotated_subspace_mse(x_train, x_eval, k: int, angles_deg) -> np.ndarray:
+    """Per-pixel MSE on ``x_eval`` of the top-``k`` PCA subspace of ``x_train`` with its last
+    direction turned by each angle ``theta`` towards the next one:
+    ``u_k -> cos(theta) u_k + sin(theta) u_{k+1}`` (the largest principal angle to PCA's
+    subspace is then ``theta``).
+
+    On ``x_train`` itself the increase over PCA's error is exactly
+    ``(lambda_k - lambda_{k+1}) sin^2(theta) / d``: the subspace moves by ``theta`` while the
+    error grows only by the eigenvalue gap times ``sin^2``, flat near ``theta = 0``.
+    """
+    fitted = pca(x_train, k + 1)
+    basis = fitted.components
+    centred = _flat(x_eval) - fitted.mean
+    errors = []
+    for theta in np.radians(np.asarray(angles_deg, dtype=np.float64)):
+        turned = np.vstack([basis[:k - 1], np.cos(theta) * basis[k - 1] + np.sin(theta) * basis[k]])
+        residual = centred - (centred @ turned.T) @ turned
+        errors.append(np.mean(residual**2))
+    return np.array(errors)
+
+
+def auroc(normal_scores, anomaly_scores) -> tuple[float, float]:
+    """Area under the ROC curve of a score that should be higher for anomalies, and its
+    standard error (Hanley and McNeil 1982).
+
+    AUROC = P(score of a random anomaly > score of a random normal example), ties counting
+    one half (the Mann-Whitney statistic): 0.5 is chance, 1 a perfect ranking.
+    """
+    normal = np.asarray(normal_scores, dtype=np.float64).ravel()
+    anomalous = np.asarray(anomaly_scores, dtype=np.float64).ravel()
+    if len(normal) < 2 or len(anomalous) < 2:
+        raise ValueError("auroc needs at least two scores of each kind.")
+    greater = (anomalous[:, None] > normal[None, :]).mean()
+    ties = (anomalous[:, None] == normal[None, :]).mean()
+    a = float(greater + 0.5 * ties)
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    m, n = len(anomalous), len(normal)
+    variance = (a * (1 - a) + (m - 1) * (q1 - a * a) + (n - 1) * (q2 - a * a)) / (m * n)
+    return a, float(np.sqrt(max(variance, 0.0)))
+
+
+def retrieval_precision(z_train, y_train, z_query, y_query, k: int = 5) -> tuple[float, float]:
+    """Precision at ``k`` of nearest-neighbour retrieval: the fraction of each query's ``k``
+    nearest training codes (Euclidean) that share its label, averaged over queries, with
+    its standard error over queries."""
+    z_tr, y_tr, z_q, y_q = _split(z_train, y_train, z_query, y_query)
+    index = NearestNeighbors(n_neighbors=k).fit(z_tr)
+    _, neighbours = index.kneighbors(z_q)
+    per_query = (y_tr[neighbours] == y_q[:, None]).mean(axis=1)
+    return float(per_query.mean()), standard_error(per_query)
+
+
+def distance_to_nearest(points, reference) -> np.ndarray:
+    """``[n]`` Euclidean distance from each of ``points`` to its nearest row of ``reference``."""
+    index = NearestNeighbors(n_neighbors=1).fit(_flat(reference))
+    return index.kneighbors(_flat(points))[0][:, 0]
 
 
 def directions_from_decoder(weight, x_train) -> tuple[np.ndarray, np.ndarray]:

@@ -150,3 +150,22 @@ def test_bad_arguments_raise_value_errors_that_name_them(make, match):
 def test_init_output_bias_rejects_data_of_another_shape():
     with pytest.raises(ValueError, match="shape"):
         build("dense", (8, 8, 1)).init_output_bias(images((28, 28, 1)))
+
+
+def test_code_l1_adds_the_penalty_of_the_code_to_the_loss():
+    import tensorflow as tf
+
+    from support.models.autoencoders import DenseAutoencoder, reconstruction_loss
+
+    x = np.random.default_rng(0).random((6, 8, 8, 1)).astype("float32")
+    plain = DenseAutoencoder((8, 8, 1), latent_dim=4, code_activation="relu")
+    sparse = DenseAutoencoder.from_config({**plain.get_config(), "code_l1": 0.5})
+    sparse.set_weights(plain.get_weights())
+    z = plain.encode(x)
+    expected = reconstruction_loss(x, plain(x)) + 0.5 * tf.reduce_sum(tf.abs(z), axis=-1)
+    penalised = float(sparse._loss(x, training=False)[1])
+    assert penalised == pytest.approx(float(tf.reduce_mean(expected)), rel=1e-5)
+    assert float(plain._loss(x, training=False)[1]) == pytest.approx(
+        float(tf.reduce_mean(reconstruction_loss(x, plain(x)))), rel=1e-5)
+    with pytest.raises(ValueError, match="code_l1"):
+        DenseAutoencoder((8, 8, 1), code_l1=-1.0)

@@ -6,6 +6,7 @@ import pytest
 import scipy.linalg
 from sklearn.feature_selection import mutual_info_classif
 
+from support import metrics
 from support.metrics import (
     knn_accuracy,
     linear_probe_accuracy,
@@ -249,3 +250,53 @@ def test_mutual_information_validates():
         mutual_information(z, np.zeros(10), n_neighbors=0)
     with pytest.raises(ValueError, match=r"y has shape \(9,\)"):
         mutual_information(z, np.zeros(9))
+
+
+# --------------------------------------------------------------------------- comparisons
+
+
+def test_per_example_mse_averages_to_the_reconstruction_mse():
+    rng = np.random.default_rng(0)
+    x = rng.random((20, 4, 4, 1))
+    per = metrics.per_example_mse(lambda b: b * 0.5, x)
+    assert per.shape == (20,)
+    assert per == pytest.approx(((x * 0.5) ** 2).reshape(20, -1).mean(axis=1))
+    assert metrics.reconstruction_mse(lambda b: b * 0.5, x) == pytest.approx(per.mean())
+    pca_mean = metrics.pca_per_example_mse(x, x, 3).mean()
+    assert pca_mean == pytest.approx(metrics.pca_reconstruction_mse(x, x, 3))
+
+
+def test_standard_errors():
+    assert metrics.standard_error([1.0, 3.0]) == pytest.approx(1.0)
+    assert metrics.binomial_se(0.9, 100) == pytest.approx(0.03)
+    with pytest.raises(ValueError, match="at least two"):
+        metrics.standard_error([1.0])
+
+
+def test_rotating_the_last_direction_costs_the_eigenvalue_gap_times_sin_squared():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(500, 6)) * np.array([3.0, 2.0, 1.5, 1.4, 0.5, 0.2])
+    fitted = metrics.pca(x, 6)
+    angles = [0.0, 10.0, 45.0, 90.0]
+    errors = metrics.rotated_subspace_mse(x, x, 3, angles)
+    gap = fitted.eigenvalues[2] - fitted.eigenvalues[3]
+    expected = metrics.pca_reconstruction_mse(x, x, 3) + gap * np.sin(np.radians(angles)) ** 2 / 6
+    assert errors == pytest.approx(expected, rel=1e-10)
+
+
+def test_auroc_matches_the_ranking_and_hanley_mcneil():
+    assert metrics.auroc([0, 1, 2], [3, 4, 5])[0] == 1.0
+    assert metrics.auroc([3, 4, 5], [0, 1, 2])[0] == 0.0
+    assert metrics.auroc([1, 1], [1, 1])[0] == 0.5  # ties count one half
+    rng = np.random.default_rng(0)
+    a, se = metrics.auroc(rng.normal(size=400), rng.normal(1.0, size=400))
+    # two unit Gaussians one apart: AUROC = Phi(1 / sqrt 2) = 0.760; Hanley-McNeil s.e. ~0.017
+    assert abs(a - 0.760) < 3 * se and 0.01 < se < 0.03
+
+
+def test_retrieval_precision_counts_neighbours_of_the_same_label():
+    z_train = np.array([[0.0], [0.1], [0.2], [5.0], [5.1], [5.2]])
+    y_train = np.array([0, 0, 0, 1, 1, 1])
+    precision, se = metrics.retrieval_precision(z_train, y_train, [[0.05], [5.05]], [0, 0], k=3)
+    assert precision == 0.5 and se == pytest.approx(0.5)
+    assert metrics.distance_to_nearest([[1.0], [4.0]], z_train) == pytest.approx([0.8, 1.0])

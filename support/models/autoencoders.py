@@ -142,8 +142,12 @@ class Autoencoder(keras.Model):
     """Shared behaviour: ``call``, ``encode``, ``decode`` and the reconstruction-loss
     ``train_step``/``test_step``. Subclasses set ``self.encoder`` and ``self.decoder``."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, code_l1: float = 0.0, **kwargs):
         super().__init__(**kwargs)
+        code_l1 = float(code_l1)
+        if not math.isfinite(code_l1) or code_l1 < 0:
+            raise ValueError(f"code_l1={code_l1!r} must be a finite number >= 0.")
+        self.code_l1 = code_l1
         self.loss_tracker = keras.metrics.Mean(name="loss")
 
     def call(self, x, training=None):
@@ -198,8 +202,11 @@ class Autoencoder(keras.Model):
         under a distribution strategy the batch is split across replicas)."""
         x, target, _ = keras.utils.unpack_x_y_sample_weight(data)
         target = x if target is None else target
-        x_hat = self(x, training=training)
-        return objectives.replica_mean(reconstruction_loss(target, x_hat))
+        z = self.encoder(x, training=training)
+        losses = reconstruction_loss(target, self.decoder(z, training=training))
+        if self.code_l1:  # a sparse autoencoder: lambda * sum_j |z_j| per example
+            losses += self.code_l1 * tf.reduce_sum(tf.abs(z), axis=-1)
+        return objectives.replica_mean(losses)
 
     def train_step(self, data):
         with tf.GradientTape() as tape:
@@ -240,6 +247,9 @@ class DenseAutoencoder(Autoencoder):
         output_activation: activation of the output (``"sigmoid"`` for pixels in [0, 1],
             ``None`` for identity).
         linear: build the linear autoencoder.
+        code_l1: weight ``lambda`` of an L1 penalty on the code added to each example's loss,
+            ``lambda * sum_j |z_j|`` (a sparse autoencoder; with ``code_activation="relu"``
+            most units are then exactly 0 for a given image). ``0``: none.
     """
 
     def __init__(
@@ -277,6 +287,7 @@ class DenseAutoencoder(Autoencoder):
     def get_config(self):
         config = super().get_config()
         config.update(
+            code_l1=self.code_l1,
             input_shape=self.image_shape,
             widths=self.widths,
             latent_dim=self.latent_dim,
@@ -337,6 +348,7 @@ class ConvAutoencoder(Autoencoder):
     def get_config(self):
         config = super().get_config()
         config.update(
+            code_l1=self.code_l1,
             input_shape=self.image_shape,
             filters=self.filters,
             latent_dim=self.latent_dim,
