@@ -1,4 +1,4 @@
-"""Command line: ``python -m support {run,sweep,regenerate,badges} ...`` (see ``--help``)."""
+"""Command line: ``python -m support {run,sweep,regenerate,badges,panel} ...`` (see ``--help``)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
 
     regen = commands.add_parser(
         "regenerate",
-        help="re-execute the committed notebooks in place at their defaults and normalise them",
+        help="re-execute the committed notebooks in place at their defaults and normalise them, "
+        "then redraw docs/series.png (as panel does)",
     )
     regen.add_argument("notebooks", nargs="*", metavar="NOTEBOOK")
     regen.add_argument("--no-progress", action="store_true")
@@ -65,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "badges", help="write each notebook's Colab badge and setup cell from pyproject.toml"
     )
+    panel = commands.add_parser(
+        "panel",
+        help="compose docs/series.png, the README's picture, from the committed notebooks",
+        description="Compose the figures of the cells tagged readme-panel in the committed "
+        "notebooks (their first image output, in notebook then cell order) into one picture, "
+        "two panels a row. Reads the notebooks only: nothing is executed.",
+    )
+    panel.add_argument("--out", default=None, help="the file to write (default: docs/series.png)")
     return parser
 
 
@@ -86,9 +95,13 @@ def main(argv: list[str] | None = None) -> int:
             return _sweep(args)
         elif args.command == "regenerate":
             runner.regenerate(args.notebooks, progress=not args.no_progress)
+            print(f"README picture: {runner.write_panel()}")
         elif args.command == "badges":
             changed = runner.write_badges()
             print(f"badges and setup cells up to date ({len(changed)} file(s) changed)")
+        elif args.command == "panel":
+            out = runner.write_panel(out=args.out)
+            print(f"{out} written ({out.stat().st_size / 1e3:.0f} KB)")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

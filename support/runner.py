@@ -10,7 +10,9 @@ Behind ``python -m support``:
   into ``results.csv`` and ``results.png`` (see :func:`sweep`);
 * ``regenerate [NOTEBOOK ...]`` re-executes the committed notebooks in place at their defaults
   and normalises them (metadata, cell ids, execution counts);
-* ``badges`` writes each notebook's Colab badge and setup cell from ``pyproject.toml``.
+* ``badges`` writes each notebook's Colab badge and setup cell from ``pyproject.toml``;
+* ``panel`` composes the README's picture, ``docs/series.png``, from the figures of the cells
+  tagged ``readme-panel`` in the committed notebooks (see :func:`write_panel`).
 """
 
 from __future__ import annotations
@@ -685,6 +687,127 @@ def _write_readme_table(readme: Path, repository: str) -> bool:
     readme.write_text(updated)
     return True
 
+
+
+# --------------------------------------------------------------------------- the README's picture
+
+PANEL_TAG = "readme-panel"
+PANEL_DPI = 110
+PANEL_COLUMN_PX = 720  # wider figures are scaled down to this width; narrower ones keep theirs
+PANEL_MARGIN_PX = 16
+PANEL_TITLE_PX = 26  # the line above each panel, "(a) notebook 01_autoencoders"
+
+
+def panel_figures(paths: list[Path] | None = None) -> list[tuple[str, Any]]:
+    """The figures of the cells tagged ``readme-panel``, in notebook then cell order: a list of
+    ``(notebook stem, RGB float array in [0, 1])``, each cell's first ``image/png`` output
+    composited onto white. A tagged cell without an image is an error that names it."""
+    import base64
+    import io
+
+    import matplotlib.image as mpimg
+    import nbformat
+    import numpy as np
+
+    figures = []
+    for path in paths or all_notebooks():
+        path = Path(path)
+        for index, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            if PANEL_TAG not in cell.metadata.get("tags", []):
+                continue
+            pngs = [o["data"]["image/png"] for o in cell.get("outputs", [])
+                    if "image/png" in o.get("data", {})]
+            if not pngs:
+                raise ValueError(f"{path.name}: cell {cell.get('id', index)!r} is tagged "
+                                 f"{PANEL_TAG!r} but has no image/png output (execute the "
+                                 f"notebook, or remove the tag)")
+            image = mpimg.imread(io.BytesIO(base64.b64decode(pngs[0])), format="png")
+            image = image.astype(np.float64)
+            if image.ndim == 2:
+                image = np.stack([image] * 3, axis=-1)
+            if image.shape[-1] == 4:
+                alpha = image[..., 3:]
+                image = image[..., :3] * alpha + (1 - alpha)
+            figures.append((path.stem, image))
+    return figures
+
+
+def _resize_matrix(size: int, new_size: int):
+    """The ``new_size × size`` matrix of area weights that shrinks a line of ``size`` pixels to
+    ``new_size`` (each new pixel averages the old ones it covers, by covered length)."""
+    import numpy as np
+
+    edges = np.linspace(0, size, new_size + 1)
+    left, right = edges[:-1, None], edges[1:, None]
+    pixels = np.arange(size)[None, :]
+    overlap = np.clip(np.minimum(right, pixels + 1) - np.maximum(left, pixels), 0, None)
+    return overlap / overlap.sum(axis=1, keepdims=True)
+
+
+def _fit_width(image, width: int):
+    """``image`` scaled down (area average, aspect kept) to at most ``width`` pixels wide."""
+    import numpy as np
+
+    height, old_width = image.shape[:2]
+    if old_width <= width:
+        return image
+    new_height = max(1, round(height * width / old_width))
+    rows, columns = _resize_matrix(height, new_height), _resize_matrix(old_width, width)
+    return np.stack([rows @ image[..., c] @ columns.T for c in range(image.shape[-1])], axis=-1)
+
+
+def panel_figure(figures: list[tuple[str, Any]]):
+    """One matplotlib figure of the given ``(notebook stem, image)`` panels in a grid of two
+    columns, each panel drawn pixel for pixel (scaled down only if wider than
+    ``PANEL_COLUMN_PX``, aspect kept) under its title, "(a) notebook 01_autoencoders"; a lone
+    last panel is centred. Save it at ``PANEL_DPI``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not figures:
+        raise ValueError(f"no cell is tagged {PANEL_TAG!r}: nothing to draw")
+    images = [_fit_width(image, PANEL_COLUMN_PX) for _, image in figures]
+    columns = 1 if len(images) == 1 else 2
+    rows = [images[i:i + columns] for i in range(0, len(images), columns)]
+    column_px = max(image.shape[1] for image in images)
+    row_px = [PANEL_TITLE_PX + max(image.shape[0] for image in row) for row in rows]
+    width = columns * column_px + (columns + 1) * PANEL_MARGIN_PX
+    height = sum(row_px) + (len(rows) + 1) * PANEL_MARGIN_PX
+    figure = Figure(figsize=(width / PANEL_DPI, height / PANEL_DPI), dpi=PANEL_DPI,
+                    facecolor="white")
+    FigureCanvasAgg(figure)
+    top = height - PANEL_MARGIN_PX  # pixels from the bottom, where matplotlib counts from
+    number = 0
+    for row, row_height in zip(rows, row_px):
+        row_width = len(row) * column_px + (len(row) - 1) * PANEL_MARGIN_PX
+        left = (width - row_width) // 2
+        for image in row:
+            stem = figures[number][0]
+            centre = left + column_px // 2
+            label = f"({chr(ord('a') + number % 26)}) notebook {stem}"
+            figure.text(centre / width, (top - PANEL_TITLE_PX / 2) / height, label,
+                        ha="center", va="center", fontsize=10, color="0.2")
+            x = centre - image.shape[1] // 2
+            y = top - PANEL_TITLE_PX - image.shape[0]
+            figure.figimage(image.clip(0, 1), xo=x, yo=y, origin="upper", resize=False)
+            left += column_px + PANEL_MARGIN_PX
+            number += 1
+        top -= row_height + PANEL_MARGIN_PX
+    return figure
+
+
+def write_panel(paths: list[Path] | None = None, out: Path | str | None = None) -> Path:
+    """Compose the README's picture, ``docs/series.png``, from the figure outputs of the cells
+    tagged ``readme-panel`` in the committed notebooks (``paths``, default all), in notebook
+    then cell order (see :func:`panel_figure`). Written atomically and reproducibly (no
+    timestamp or software name in the file); reads only the notebooks, so it takes seconds.
+    Behind ``python -m support panel``, and run at the end of ``regenerate``."""
+    out = Path(out) if out is not None else nb_runtime.project_root() / "docs" / "series.png"
+    figure = panel_figure(panel_figures(paths))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out, lambda tmp: figure.savefig(
+        tmp, format="png", dpi=PANEL_DPI, metadata={"Software": None}))
+    return out
 
 def failure_report(outcomes: list[Outcome]) -> str:
     failed = [o for o in outcomes if not o.ok]

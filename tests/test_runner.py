@@ -301,3 +301,95 @@ def test_sweep_figure_draws_one_line_per_value_of_the_second_parameter():
     assert [line.get_label() for line in ax.get_lines()] == ["latent_dim=2", "latent_dim=8"]
     assert list(ax.get_lines()[1].get_ydata()) == [2.0, 8.0, 32.0]
     assert runner.sweep_figure("03_vae_elbo", ["beta"], []) is None
+
+
+# --------------------------------------------------------------------------- the README's picture
+
+
+def png_output(width_in, height_in, color):
+    """A ``display_data`` output holding a matplotlib PNG of 100 pixels per inch."""
+    import base64
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width_in, height_in), dpi=100)
+    FigureCanvasAgg(figure)
+    figure.add_subplot().plot([0, 1], [1, 0], color=color)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    data = {"image/png": base64.b64encode(buffer.getvalue()).decode(), "text/plain": "<Figure>"}
+    return nbformat.v4.new_output("display_data", data=data)
+
+
+def panel_notebook(path, cells):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# title")])
+    for index, (tags, outputs) in enumerate(cells):
+        cell = nbformat.v4.new_code_cell("plot()", metadata={"tags": tags}, outputs=outputs)
+        cell["id"] = f"cell-{index + 1:02d}"
+        nb.cells.append(cell)
+    nbformat.write(nb, path)
+    return path
+
+
+def read_png(path):
+    import matplotlib.image as mpimg
+
+    return mpimg.imread(path, format="png")
+
+
+def test_panel_is_composed_from_the_tagged_cells_in_a_two_column_grid(tmp_path):
+    a = panel_notebook(tmp_path / "01_a.ipynb", [
+        ([], [png_output(5, 5, "red")]),                         # untagged: left out
+        (["readme-panel"], [png_output(3, 2, "blue"), png_output(4, 4, "red")]),  # first image
+    ])
+    b = panel_notebook(tmp_path / "02_b.ipynb", [(["readme-panel"], [png_output(9, 3, "green")])])
+    figures = runner.panel_figures([a, b])
+    assert [stem for stem, _ in figures] == ["01_a", "02_b"]
+    assert figures[0][1].shape == (200, 300, 3) and figures[1][1].shape == (300, 900, 3)
+
+    out = runner.write_panel([a, b], out=tmp_path / "docs" / "series.png")
+    image = read_png(out)[..., :3]
+    m, title, column = runner.PANEL_MARGIN_PX, runner.PANEL_TITLE_PX, runner.PANEL_COLUMN_PX
+    # two columns as wide as the widest panel after scaling (900 px -> 720 px, aspect kept:
+    # 240 px high); one row as high as its highest panel
+    assert image.shape[:2] == (2 * m + title + 240, 3 * m + 2 * column)
+    # the narrow panel is drawn pixel for pixel, centred in its column under its title
+    x = m + column // 2 - 150
+    assert abs(image[m + title:m + title + 200, x:x + 300] - figures[0][1]).max() < 1 / 255 + 1e-6
+    assert read_png(out).shape[-1] in (3, 4) and out.stat().st_size < 600_000
+    assert sorted(p.name for p in out.parent.iterdir()) == ["series.png"]  # no temporary left
+    assert out.read_bytes() == runner.write_panel([a, b], out=tmp_path / "again.png").read_bytes()
+
+    c = panel_notebook(tmp_path / "03_c.ipynb", [(["readme-panel"], [png_output(2, 2, "k")])])
+    three = read_png(runner.write_panel([a, b, c], out=tmp_path / "three.png"))
+    assert three.shape[:2] == (3 * m + 2 * title + 240 + 200, 3 * m + 2 * column)  # two rows
+
+
+def test_a_tagged_cell_without_an_image_is_named(tmp_path):
+    path = panel_notebook(tmp_path / "05_x.ipynb", [
+        (["readme-panel"], [png_output(2, 2, "k")]),
+        (["readme-panel"], [nbformat.v4.new_output("stream", text="no figure\n")]),
+    ])
+    with pytest.raises(ValueError, match="05_x.ipynb: cell 'cell-02' is tagged 'readme-panel' "
+                                         "but has no image/png output"):
+        runner.write_panel([path], out=tmp_path / "series.png")
+    assert not (tmp_path / "series.png").exists()
+    untagged = panel_notebook(tmp_path / "06_y.ipynb", [([], [png_output(2, 2, "k")])])
+    with pytest.raises(ValueError, match="no cell is tagged 'readme-panel'"):
+        runner.write_panel([untagged], out=tmp_path / "series.png")
+
+
+def test_the_committed_readme_panel_is_up_to_date(tmp_path):
+    """``docs/series.png`` is what ``python -m support panel`` makes of the committed notebooks
+    (rerun it after changing a tagged figure); the README shows it under its title."""
+    import numpy as np
+
+    done = cli("panel", "--out", str(tmp_path / "series.png"))
+    assert done.returncode == 0, done.stderr
+    committed = ROOT / "docs" / "series.png"
+    assert np.array_equal(read_png(tmp_path / "series.png"), read_png(committed)), (
+        "docs/series.png is stale: run `python -m support panel`")
+    assert committed.stat().st_size < 600_000
+    assert "](docs/series.png)" in (ROOT / "README.md").read_text().split("\n## ", 1)[0]
