@@ -5,7 +5,9 @@ Two ways to run the same optimisation:
 * :func:`train_loop` writes the seven steps out (initialise; sample a mini-batch; encode;
   decode; compute the loss; update by gradient descent; repeat until a budget or a convergence
   criterion), with ``tf.GradientTape`` inside a ``tf.function`` step, a tqdm bar, hooks,
-  :class:`EarlyStopping` and a NaN guard. It is the code the notebook shows.
+  :class:`EarlyStopping` and a NaN guard. :func:`train_step_by_step` is the same loop with
+  the seven steps only (no checks, guards or hooks): the code notebook 02 shows, tested to
+  give the same weights.
 * :func:`train_autoencoder` is the recipe of the autoencoder notebooks. Keras' own ``fit`` runs
   it, so progress bars, callbacks and the returned ``History`` behave as everywhere else; the
   data are fed as an endless ``tf.data`` pipeline (:func:`batches`) with one compiled call per
@@ -301,6 +303,42 @@ def _check_hooks(hooks, model, epochs) -> list:
         if callable(getattr(hook, "set_params", None)):  # ... and self.params["epochs"]
             hook.set_params({"epochs": epochs})
     return hooks
+
+
+def train_step_by_step(model, x_train, *, loss_fn=reconstruction_loss, optimizer=None,
+                       epochs: int = 1, batch_size: int = 128, seed: int = 0) -> list[float]:
+    """The seven steps of mini-batch training and nothing else: the loop notebook 02 shows.
+
+    It makes the same updates as :func:`train_loop` (and so as :func:`train_autoencoder`'s
+    ``fit``) from the same model, optimizer settings and ``seed``; use those for real work:
+    they add argument checks, validation, early stopping, hooks and the NaN guard.
+    Returns the mean training loss of each epoch.
+    """
+    x_train = np.asarray(x_train, dtype=keras.config.floatx())
+    # 1. initialise: the weights were drawn when the model was built; the decoder starts at
+    #    the mean image; the optimizer's slots are made before tracing the step.
+    model.init_output_bias(x_train)
+    optimizer = keras.optimizers.Adam(1e-3) if optimizer is None else optimizer
+    optimizer.build(model.trainable_variables)
+    keras.utils.set_random_seed(seed)
+    data = iter(batches(x_train, batch_size, seed=seed))  # a fresh order every epoch
+    steps_per_epoch = math.ceil(len(x_train) / batch_size)
+
+    @tf.function(input_signature=[tf.TensorSpec((None, *x_train.shape[1:]), x_train.dtype)])
+    def step(x):
+        with tf.GradientTape() as tape:
+            z = model.encoder(x, training=True)  # 3. encode
+            x_hat = model.decoder(z, training=True)  # 4. decode
+            loss = tf.reduce_mean(loss_fn(x, x_hat))  # 5. the loss, averaged over the batch
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))  # 6. update
+        return loss
+
+    epoch_losses = []
+    for _ in range(epochs):  # 7. repeat until the budget is spent
+        losses = [float(step(next(data))) for _ in range(steps_per_epoch)]  # 2. sample a mini-batch
+        epoch_losses.append(sum(losses) / len(losses))
+    return epoch_losses
 
 
 def train_loop(

@@ -20,6 +20,7 @@ from support.training import (
     learning_rate_schedule,
     train_autoencoder,
     train_loop,
+    train_step_by_step,
 )
 
 
@@ -130,6 +131,45 @@ def test_train_loop_gives_the_weights_of_fit(digits, optimizer):
     assert history["loss"][0] == pytest.approx(fit_history.history["loss"][0], rel=1e-5)
     assert history["val_loss"][0] == pytest.approx(fit_history.history["val_loss"][0], rel=1e-5)
     assert history["epochs"] == 1
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_the_seven_step_loop_gives_the_weights_and_losses_of_train_loop_and_fit(digits, optimizer):
+    # The short loop notebook 02 shows must be the real thing: same updates as train_loop
+    # and as fit, epoch after epoch (two epochs: the batch order changes between them).
+    x_train, _ = digits
+
+    def make_optimizer():
+        if optimizer == "adam":
+            return keras.optimizers.Adam(1e-2)
+        return keras.optimizers.SGD(0.5, momentum=0.9)
+
+    by_steps, by_loop, by_fit = small_model(), small_model(), small_model()
+    losses = train_step_by_step(by_steps, x_train, optimizer=make_optimizer(), epochs=2, batch_size=64,
+                                seed=3)
+    history = train_loop(by_loop, x_train, optimizer=make_optimizer(), epochs=2, batch_size=64, seed=3,
+                         progress=False)
+    train_autoencoder(by_fit, x_train, epochs=2, batch_size=64, schedule="constant", optimizer=optimizer,
+                      learning_rate=1e-2 if optimizer == "adam" else 0.5, seed=3)
+    assert max_weight_difference(by_steps, by_loop) <= 1e-6
+    assert max_weight_difference(by_steps, by_fit) <= 1e-5
+    assert max_weight_difference(by_steps, small_model()) > 1e-3  # it really trained
+    assert losses == pytest.approx(history["loss"], rel=1e-6)
+    assert losses[1] < losses[0]
+
+
+def test_the_seven_step_loop_takes_another_loss(digits):
+    x_train, _ = digits
+
+    def absolute_error(x, x_hat):
+        return tf.reduce_mean(tf.abs(tf.reshape(x - x_hat, [tf.shape(x)[0], -1])), axis=1)
+
+    by_steps, by_loop = small_model(), small_model()
+    losses = train_step_by_step(by_steps, x_train, loss_fn=absolute_error, epochs=1, batch_size=100, seed=0)
+    history = train_loop(by_loop, x_train, loss_fn=absolute_error, epochs=1, batch_size=100, seed=0,
+                         progress=False)
+    assert max_weight_difference(by_steps, by_loop) <= 1e-6
+    assert losses == pytest.approx(history["loss"], rel=1e-6)
 
 
 def test_train_loop_history_is_the_mean_loss_and_the_model_learns(digits):
