@@ -206,7 +206,10 @@ SCHEMAS: dict[str, tuple[Param, ...]] = {
     ),
     "01_autoencoders": (
         DATASET,
-        Param("latent_dims", list, [2, 8, 16], "code sizes k compared with PCA", low=1, high=256),
+        Param("latent_dims", list, [2, 8, 32], "code sizes k of the nonlinear autoencoders",
+              low=1, high=256),
+        Param("linear_dims", list, [2, 8, 16], "code sizes k of the linear autoencoder",
+              low=1, high=256),
         TRAIN_SIZE,
         Param("linear_epochs", int, 200, "passes over the data for the linear autoencoder",
               low=1, high=5000),
@@ -215,6 +218,10 @@ SCHEMAS: dict[str, tuple[Param, ...]] = {
         Param("epochs", int, 100, "passes for the dense and convolutional autoencoders",
               low=1, high=5000),
         Param("learning_rate", float, 0.003, "their peak Adam rate", low=1e-6, high=1.0),
+        Param("sparsity", float, 1e-4, "weight of the L1 penalty on the sparse autoencoder's code",
+              low=0.0, high=10.0),
+        Param("anomaly_class", int, 8, "class left out of training in the anomaly-detection "
+              "experiment", low=0, high=9),
         BATCH_SIZE,
         SEED,
         DETERMINISTIC,
