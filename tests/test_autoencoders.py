@@ -169,3 +169,13 @@ def test_code_l1_adds_the_penalty_of_the_code_to_the_loss():
         float(tf.reduce_mean(reconstruction_loss(x, plain(x)))), rel=1e-5)
     with pytest.raises(ValueError, match="code_l1"):
         DenseAutoencoder((8, 8, 1), code_l1=-1.0)
+
+
+@pytest.mark.parametrize("code_l1", [0.0, 0.1])
+def test_a_trained_autoencoder_is_built_and_counts_its_parameters(code_l1):
+    from support.training import train_autoencoder
+
+    x = np.random.default_rng(0).random((32, 8, 8, 1)).astype("float32")
+    model = DenseAutoencoder((8, 8, 1), widths=(16,), latent_dim=4, code_l1=code_l1)
+    train_autoencoder(model, x, epochs=1, batch_size=16)
+    assert model.built and model.count_params() == sum(int(np.prod(w.shape)) for w in model.weights)

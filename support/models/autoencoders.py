@@ -202,9 +202,10 @@ class Autoencoder(keras.Model):
         under a distribution strategy the batch is split across replicas)."""
         x, target, _ = keras.utils.unpack_x_y_sample_weight(data)
         target = x if target is None else target
-        z = self.encoder(x, training=training)
-        losses = reconstruction_loss(target, self.decoder(z, training=training))
+        # Called whole (not encoder then decoder), so that the model is built as Keras expects.
+        losses = reconstruction_loss(target, self(x, training=training))
         if self.code_l1:  # a sparse autoencoder: lambda * sum_j |z_j| per example
+            z = self.encoder(x, training=training)
             losses += self.code_l1 * tf.reduce_sum(tf.abs(z), axis=-1)
         return objectives.replica_mean(losses)
 
