@@ -271,6 +271,13 @@ SCHEMAS: dict[str, tuple[Param, ...]] = {
         Param("sweep_epochs", int, 60, "passes for each smaller comparison run", low=1,
               high=5000),
         Param("linear_epochs", int, 100, "passes for the linear-Gaussian VAE", low=1, high=5000),
+        Param("seeds", int, 3, "training seeds of each comparison over seeds", low=1, high=100),
+        Param("free_bits", float, 0.1, "free bits lambda (nats per code dimension) of the "
+              "posterior-collapse remedy", low=0.0, high=100.0),
+        Param("iwae_samples", list, [1, 5, 50], "k of the IWAE training comparison (1: the VAE)",
+              low=1, high=5000),
+        Param("snr_samples", list, [1, 5, 50, 500], "k of the gradient signal-to-noise measurement",
+              low=1, high=100_000),
         TRAIN_SIZE,
         Param("test_size", int, 0, "first N test images to score (0: all)", low=0, high=10_000),
         Param("checkpoint_dir", str, "", "folder of checkpoints of the main VAE; a rerun resumes "

@@ -337,3 +337,72 @@ def test_mnist_dense_vae_reaches_a_likelihood_bound_in_three_epochs(data_dir):
               shuffle=False)
     nll = model.importance_sampled_nll(data.binarize(x_test, seed=1), k=100)
     assert math.isfinite(nll.mean()) and nll.mean() < 110.0
+
+
+# --------------------------------------------------------------------------- IWAE training, free bits
+
+
+def test_free_bits_clamp_each_dimension_of_the_batch_mean_kl(digits):
+    x = data.binarize(digits[0][:128], seed=0)
+    model = VAE((8, 8, 1), latent_dim=6, free_bits=0.3)
+    loss, reconstruction, kl = (t.numpy() for t in model.example_terms(x))
+    kl_dims = objectives.kl_per_dimension(*model.encode(x)).numpy().mean(axis=0)
+    assert np.mean(loss - reconstruction) == pytest.approx(np.sum(np.maximum(0.3, kl_dims)), rel=1e-5)
+    assert np.mean(kl) == pytest.approx(kl_dims.sum(), rel=1e-5)  # the reported KL is the true one
+    with pytest.raises(ValueError, match="free_bits"):
+        VAE((8, 8, 1), samples=5, free_bits=0.1)
+
+
+def test_iwae_training_loss_is_the_k_sample_bound(digits):
+    x = data.binarize(digits[0][:400], seed=0)
+    model = VAE((8, 8, 1), latent_dim=4, samples=5)
+    losses = np.concatenate([model.example_terms(x)[0].numpy() for _ in range(5)])
+    reference = -model.iwae_bound(x, 5, seed=3)
+    elbo_loss = -model.elbo(x, samples=1, seed=3)
+    # the same estimator of -L_5 with other noise: equal means within 4 standard errors
+    se = np.hypot(losses.std() / np.sqrt(len(losses)), reference.std() / np.sqrt(len(reference)))
+    assert abs(losses.mean() - reference.mean()) < 4 * se
+    assert reference.mean() < elbo_loss.mean()  # L_5 is the tighter bound
+    assert VAE.from_config(model.get_config()).samples == 5
+
+
+def test_gradient_snr_reports_the_median_ratio_of_encoder_and_decoder(digits):
+    x = data.binarize(digits[0][:32], seed=0)
+    model = VAE((8, 8, 1), latent_dim=4, widths=(16,))
+    snr = model.gradient_snr(x, k=3, draws=20)
+    assert set(snr) == {"encoder", "decoder"} and all(np.isfinite(v) and v > 0 for v in snr.values())
+    assert model.gradient_snr(x, k=3, draws=20) == snr  # stateless draws: repeatable
+    with pytest.raises(ValueError, match="draws"):
+        model.gradient_snr(x, k=3, draws=1)
+
+
+def test_ppca_maximum_likelihood_beats_perturbations_and_has_a_diagonal_posterior():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 3)) @ rng.normal(size=(3, 10)) + 0.3 * rng.normal(size=(500, 10)) + 2.0
+    W, b, sigma = V.ppca_maximum_likelihood(x, 3)
+    best = V.linear_gaussian_log_marginal(x, W, b, sigma).mean()
+    for _ in range(10):
+        moved = V.linear_gaussian_log_marginal(x, W + 0.05 * rng.normal(size=W.shape), b, sigma * 1.05).mean()
+        assert moved < best
+    rotation = np.linalg.qr(rng.normal(size=(3, 3)))[0]  # the likelihood does not see a rotation
+    assert V.linear_gaussian_log_marginal(x, W @ rotation, b, sigma).mean() == pytest.approx(best, rel=1e-10)
+    _, cov = V.linear_gaussian_posterior(x, W, b, sigma)
+    assert np.max(np.abs(cov - np.diag(np.diag(cov)))) < 1e-12
+    with pytest.raises(ValueError, match="latent_dim"):
+        V.ppca_maximum_likelihood(x, 10)
+
+
+def test_best_diagonal_q_splits_the_gap_into_approximation_and_amortisation():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 6))
+    W, b, sigma = rng.normal(size=(6, 3)), rng.normal(size=6), 0.7  # a posterior that is not diagonal
+    mean, log_var = V.linear_gaussian_best_diagonal(x, W, b, sigma)
+    best = V.linear_gaussian_elbo(x, W, b, sigma, mean, log_var)
+    log_px = V.linear_gaussian_log_marginal(x, W, b, sigma)
+    post_mean, post_cov = V.linear_gaussian_posterior(x, W, b, sigma)
+    np.testing.assert_allclose(log_px - best, V.kl_gaussians(mean, np.exp(log_var), post_mean, post_cov), rtol=1e-9)
+    assert np.all(log_px - best > 1e-3)  # a diagonal q cannot reach a correlated posterior
+    for _ in range(20):  # and no other diagonal q does better
+        other = V.linear_gaussian_elbo(x, W, b, sigma, mean + 0.01 * rng.normal(size=mean.shape),
+                                       log_var + 0.01 * rng.normal(size=log_var.shape))
+        assert np.all(other < best)

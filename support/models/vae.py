@@ -124,6 +124,16 @@ class VAE(keras.Model):
         learn_sigma: train ``log sigma`` with the rest (Gaussian only).
         beta: target weight of the KL term; the variable ``beta`` starts there and
             :class:`KLWarmup` ramps it.
+        samples: ``k``, the importance samples of the training objective. ``1`` trains on
+            the ELBO; ``k > 1`` trains on the importance-weighted bound ``L_k`` (an IWAE,
+            Burda et al. 2016), ``-log (1/k) sum_i w_i`` with
+            ``log w_i = log p(x|z_i) + beta (log p(z_i) - log q(z_i|x))`` (``beta = 1``: the
+            bound itself; a warm-up ramps ``beta`` as for the ELBO).
+        free_bits: ``lambda >= 0`` nats per code dimension (Kingma et al. 2016): the KL term
+            of the loss becomes ``sum_j max(lambda, KL_j)`` with ``KL_j`` the batch mean of
+            dimension ``j``'s KL, so a dimension below ``lambda`` costs a constant and the
+            optimiser gains nothing by closing it. ``0`` is the plain ELBO. The reported
+            ``kl`` stays the true KL. Only with ``samples = 1``.
     """
 
     def __init__(
@@ -138,6 +148,8 @@ class VAE(keras.Model):
         sigma: float = 0.1,
         learn_sigma: bool = False,
         beta: float = 1.0,
+        samples: int = 1,
+        free_bits: float = 0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -155,6 +167,13 @@ class VAE(keras.Model):
                 "learn_sigma=True needs likelihood='gaussian'; a Bernoulli likelihood has no sigma."
             )
         self.target_beta = _positive_float(beta, "beta", allow_zero=True)
+        self.samples = positive_int(samples, "samples")
+        self.free_bits = _positive_float(free_bits, "free_bits", allow_zero=True)
+        if self.free_bits and self.samples > 1:
+            raise ValueError(
+                f"free_bits={free_bits} with samples={samples}: free bits change the ELBO's KL "
+                "term, which the importance-weighted bound does not have; use one or the other."
+            )
         if "conv" in (self.encoder_type, self.decoder_type):
             check_conv_shape(self.image_shape, self.filters)
         self.encoder = self._build_encoder()
@@ -207,6 +226,8 @@ class VAE(keras.Model):
             sigma=self.initial_sigma,
             learn_sigma=self.learn_sigma,
             beta=self.target_beta,
+            samples=self.samples,
+            free_bits=self.free_bits,
         )
         return config
 
@@ -291,18 +312,60 @@ class VAE(keras.Model):
         return tuple(tf.reduce_mean(v) for v in self.example_terms(data, training))
 
     def example_terms(self, data, training=False):
-        """Per-example ``(loss, reconstruction, kl)``, each ``[batch]``: ``loss = -ELBO`` with
-        the KL weighted by ``beta``, ``reconstruction = -log p(x|z)`` summed over pixels, from one
-        reparameterized sample ``z`` per example. Reduced by :meth:`loss_terms` (batch means) and
-        by ``train_step`` (over the global batch, see :func:`objectives.replica_mean`)."""
+        """Per-example ``(loss, reconstruction, kl)``, each ``[batch]``: ``reconstruction =
+        -log p(x|z)`` summed over pixels, ``kl`` the closed-form ``KL(q(z|x) || p(z))`` and
+        ``loss`` the training objective, :meth:`_elbo_terms` (``samples = 1``) or
+        :meth:`_iwae_terms` (``samples = k > 1``). Reduced by :meth:`loss_terms` (batch means)
+        and by ``train_step`` (over the global batch, see :func:`objectives.replica_mean`)."""
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         x = tf.cast(x, self.compute_dtype)
         z_mean, z_log_var = self._posterior(x, training=training)
+        if self.samples > 1:
+            return self._iwae_terms(x, z_mean, z_log_var, training)
+        return self._elbo_terms(x, z_mean, z_log_var, training)
+
+    def _elbo_terms(self, x, z_mean, z_log_var, training):
+        """``loss = -ELBO`` with the KL weighted by ``beta``, from one reparameterized sample
+        ``z`` per example; with ``free_bits`` the KL term is clamped per dimension."""
         epsilon = keras.random.normal(tf.shape(z_mean), dtype=z_mean.dtype, seed=self.seed_generator)
         z = z_mean + tf.exp(0.5 * z_log_var) * epsilon  # the reparameterization trick
         reconstruction = -self.log_likelihood(x, self.decoder(z, training=training))
+        kl_dims = objectives.kl_per_dimension(z_mean, z_log_var)  # [batch, latent_dim]
+        kl = tf.reduce_sum(kl_dims, axis=-1)
+        penalty = kl
+        if self.free_bits:
+            # sum_j max(lambda, batch mean of KL_j), written per example: a dimension whose
+            # batch mean is below lambda costs the constant lambda and gets no gradient.
+            open_ = tf.cast(tf.reduce_mean(kl_dims, axis=0) > self.free_bits, kl_dims.dtype)
+            penalty = tf.reduce_sum(open_ * kl_dims + (1.0 - open_) * self.free_bits, axis=-1)
+        return -objectives.elbo(-reconstruction, penalty, beta=self.beta), reconstruction, kl
+
+    def _iwae_terms(self, x, z_mean, z_log_var, training):
+        """``loss = -L_k``, the importance-weighted bound of ``k = samples`` reparameterized
+        draws per example; ``reconstruction`` is averaged over the draws."""
+        shape = tf.concat([[self.samples], tf.shape(z_mean)], 0)  # [k, batch, latent_dim]
+        epsilon = keras.random.normal(shape, dtype=z_mean.dtype, seed=self.seed_generator)
+        log_px_given_z, log_pz, log_qz = self._sample_terms(x, z_mean, z_log_var, epsilon, training)
+        log_w = log_px_given_z + tf.cast(self.beta, log_pz.dtype) * (log_pz - log_qz)  # [k, batch]
+        loss = -objectives.iwae_bound(log_w, axis=0)  # -log (1/k) sum_i w_i
         kl = objectives.kl_diagonal_gaussian_standard_normal(z_mean, z_log_var)
-        return -objectives.elbo(-reconstruction, kl, beta=self.beta), reconstruction, kl
+        return loss, -tf.reduce_mean(log_px_given_z, axis=0), kl
+
+    def _sample_terms(self, x, z_mean, z_log_var, epsilon, training=False):
+        """``(log p(x|z), log p(z), log q(z|x))``, each ``[samples, batch]``, for
+        ``z = mu + sigma * eps`` with ``x: [batch, h, w, c]`` and ``epsilon: [samples, batch,
+        latent_dim]``."""
+        samples, batch = tf.shape(epsilon)[0], tf.shape(epsilon)[1]
+        z = z_mean + tf.exp(0.5 * z_log_var) * epsilon
+        outputs = self.decoder(tf.reshape(z, (-1, self.latent_dim)), training=training)
+        x_repeated = tf.reshape(
+            tf.broadcast_to(x[None], tf.concat([[samples], tf.shape(x)], 0)), tf.shape(outputs)
+        )
+        log_px_given_z = tf.reshape(self.log_likelihood(x_repeated, outputs), (samples, batch))
+        log_pz = objectives.log_normal_diag(z, 0.0, 0.0)
+        # log q(z|x) from eps itself: z - mu would lose digits when sigma << |mu|.
+        log_qz = -0.5 * tf.reduce_sum(objectives.LOG_2PI + z_log_var + tf.square(epsilon), -1)
+        return log_px_given_z, log_pz, log_qz
 
     def _replica_terms(self, data, training):
         """``(loss share, (loss, reconstruction, kl) to report)``: the batch means reduced over
@@ -359,16 +422,7 @@ class VAE(keras.Model):
         """``(log p(x|z), log w)`` with ``z = mu + sigma * eps`` and
         ``log w = log p(x|z) + log p(z) - log q(z|x)``: ``x: [batch, h, w, c]``,
         ``epsilon: [samples, batch, latent_dim] -> ([samples, batch], [samples, batch])``."""
-        samples, batch = tf.shape(epsilon)[0], tf.shape(epsilon)[1]
-        z = z_mean + tf.exp(0.5 * z_log_var) * epsilon
-        outputs = self.decoder(tf.reshape(z, (-1, self.latent_dim)), training=False)
-        x_repeated = tf.reshape(
-            tf.broadcast_to(x[None], tf.concat([[samples], tf.shape(x)], 0)), tf.shape(outputs)
-        )
-        log_px_given_z = tf.reshape(self.log_likelihood(x_repeated, outputs), (samples, batch))
-        log_pz = objectives.log_normal_diag(z, 0.0, 0.0)
-        # log q(z|x) from eps itself: z - mu would lose digits when sigma << |mu|.
-        log_qz = -0.5 * tf.reduce_sum(objectives.LOG_2PI + z_log_var + tf.square(epsilon), -1)
+        log_px_given_z, log_pz, log_qz = self._sample_terms(x, z_mean, z_log_var, epsilon)
         return log_px_given_z, objectives.log_importance_weights(log_px_given_z, log_pz, log_qz)
 
     def _chunk_sizes(self, n, k, batch_size, max_elements):
@@ -483,6 +537,46 @@ class VAE(keras.Model):
         (Burda et al. 2016 use ``threshold = 0.01``)."""
         return int(np.sum(self.unit_activity(x, batch_size) > threshold))
 
+    def gradient_snr(self, x, k: int, draws: int = 100, seed: int = 0) -> dict:
+        """Signal-to-noise ratio of the gradient of ``-L_k`` (the batch mean over ``x``) with
+        respect to each weight: ``|mean| / std`` over ``draws`` independent draws of the
+        ``k`` samples per example, summarised by the median over the weights of the encoder
+        and of the decoder (Rainforth et al. 2018: as ``k`` grows the decoder's ratio grows
+        like ``sqrt(k)`` and the encoder's falls like ``1 / sqrt(k)``). ``k = 1`` is the ELBO's
+        gradient. Returns ``{"encoder": float, "decoder": float}``."""
+        k = positive_int(k, "k")
+        draws = positive_int(draws, "draws")
+        if draws < 2:
+            raise ValueError(f"draws={draws}: a standard deviation needs at least 2 draws.")
+        x = tf.constant(np.asarray(x, dtype=np.float32))
+        if tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(f"x has shape {tuple(x.shape)}; expected [n, {', '.join(map(str, self.image_shape))}].")
+        encoder_weights = self.encoder.trainable_weights
+        decoder_weights = self.decoder.trainable_weights
+
+        @tf.function
+        def one_draw(draw):
+            with tf.GradientTape() as tape:
+                z_mean, z_log_var = self._posterior(x, training=False)
+                epsilon = tf.random.stateless_normal(
+                    (k, tf.shape(x)[0], self.latent_dim), seed=tf.stack([int(seed), draw])
+                )
+                log_px_given_z, log_pz, log_qz = self._sample_terms(x, z_mean, z_log_var, epsilon)
+                log_w = objectives.log_importance_weights(log_px_given_z, log_pz, log_qz)
+                loss = -tf.reduce_mean(objectives.iwae_bound(log_w, axis=0))
+            gradients = tape.gradient(loss, [*encoder_weights, *decoder_weights])
+            flat = [tf.reshape(g, [-1]) for g in gradients]
+            return tf.concat(flat[: len(encoder_weights)], 0), tf.concat(flat[len(encoder_weights):], 0)
+
+        samples = [one_draw(tf.constant(i)) for i in range(draws)]
+        result = {}
+        for name, part in (("encoder", 0), ("decoder", 1)):
+            g = np.stack([s[part].numpy() for s in samples]).astype(np.float64)
+            spread = g.std(axis=0, ddof=1)
+            keep = spread > 0
+            result[name] = float(np.median(np.abs(g.mean(axis=0)[keep]) / spread[keep]))
+        return result
+
     # ------------------------------------------------------------------ linear-Gaussian case
 
     def linear_gaussian_parameters(self) -> tuple[np.ndarray, np.ndarray, float]:
@@ -585,6 +679,47 @@ def linear_gaussian_posterior(x, W, b, sigma) -> tuple[np.ndarray, np.ndarray]:
     mean = np.linalg.solve(M, W.T @ (x - b).T).T
     cov = sigma**2 * np.linalg.inv(M)
     return mean, 0.5 * (cov + cov.T)
+
+
+def ppca_maximum_likelihood(x, latent_dim: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """The closed-form maximum-likelihood linear-Gaussian model of ``x`` (probabilistic PCA,
+    Tipping and Bishop 1999): ``(W [d, latent_dim], b [d], sigma)``, float64.
+
+    With ``S`` the sample covariance (divided by ``n``) and ``lambda_1 >= ... >= lambda_d`` its
+    eigenvalues with eigenvectors ``U``: ``b`` is the mean, ``sigma^2`` the mean of the
+    ``d - latent_dim`` discarded eigenvalues and ``W = U_k (Lambda_k - sigma^2 I)^{1/2}``
+    (the rotation ``R`` of the paper set to ``I``, so the columns of ``W`` are orthogonal and
+    the posterior covariance ``sigma^2 (W^T W + sigma^2 I)^{-1}`` is diagonal)."""
+    x = _flat(x)
+    latent_dim = positive_int(latent_dim, "latent_dim")
+    n, d = x.shape
+    if latent_dim >= d:
+        raise ValueError(f"latent_dim={latent_dim} must be below the {d} values per example.")
+    b = x.mean(axis=0)
+    eigenvalues, eigenvectors = np.linalg.eigh((x - b).T @ (x - b) / n)
+    order = np.argsort(eigenvalues)[::-1]
+    eigenvalues, eigenvectors = np.maximum(eigenvalues[order], 0.0), eigenvectors[:, order]
+    sigma2 = float(eigenvalues[latent_dim:].mean())
+    if sigma2 <= 0:
+        raise ValueError("x lies in a subspace of dimension <= latent_dim: sigma would be 0.")
+    W = eigenvectors[:, :latent_dim] * np.sqrt(np.maximum(eigenvalues[:latent_dim] - sigma2, 0.0))
+    return W, b, math.sqrt(sigma2)
+
+
+def linear_gaussian_best_diagonal(x, W, b, sigma) -> tuple[np.ndarray, np.ndarray]:
+    """The diagonal Gaussian ``q*(z|x)`` with the highest ELBO for each ``x`` under the
+    linear-Gaussian model: ``(mean [n, latent_dim], log_var [n, latent_dim])``, float64.
+
+    ``ELBO(q) = log p(x) - KL(q || p(z|x))``, and the KL from a diagonal Gaussian to
+    ``N(m, Lambda^{-1})`` is smallest at mean ``m`` and variances ``1 / diag(Lambda)`` (the
+    reciprocal of the posterior precision's diagonal, not the covariance's diagonal). With it
+    the gap of any encoder splits (Cremer et al. 2018) into an **approximation** gap
+    ``log p(x) - ELBO(q*) = KL(q* || p(z|x))``, zero only when the posterior is diagonal, and
+    an **amortisation** gap ``ELBO(q*) - ELBO(q)``, the price of one encoder for all ``x``."""
+    mean, cov = linear_gaussian_posterior(x, W, b, sigma)
+    precision = np.linalg.inv(cov)
+    log_var = -np.log(np.diag(precision))
+    return mean, np.broadcast_to(log_var, mean.shape).copy()
 
 
 def linear_gaussian_elbo(x, W, b, sigma, q_mean, q_log_var) -> np.ndarray:
