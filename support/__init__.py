@@ -28,6 +28,10 @@ def _import_tensorflow_quietly():
     grappler's remapper log an "error" when a fusion does not apply to a gradient (the DCGAN
     discriminator's LeakyReLU) and then run the graph unfused, a harmless message that would
     otherwise appear in a notebook's output. Real failures still raise Python exceptions.
+
+    TensorFlow's Python warning that a ``tf.function`` "triggered tf.function retracing" is
+    dropped too (:class:`_NoRetracingWarning`): the notebooks build many small models on purpose,
+    each traced once, which that warning counts as retracing.
     """
     if "tensorflow" in _sys.modules or _os.environ.get("SUPPORT_TF_VERBOSE"):
         return
@@ -36,7 +40,9 @@ def _import_tensorflow_quietly():
         _sys.stderr.flush()
         saved = _os.dup(2)
     except (OSError, ValueError):  # no real stderr (some embedded interpreters)
-        import tensorflow  # noqa: F401
+        import tensorflow
+
+        _quiet_retracing(tensorflow)
         return
     devnull = _os.open(_os.devnull, _os.O_WRONLY)
     try:
@@ -46,10 +52,24 @@ def _import_tensorflow_quietly():
         # Looking for GPUs initialises the device platforms now, inside the redirect: on a
         # machine without CUDA that is where TensorFlow logs "failed call to cuInit".
         tensorflow.config.list_physical_devices()
+        _quiet_retracing(tensorflow)
     finally:
         _os.dup2(saved, 2)
         _os.close(saved)
         _os.close(devnull)
+
+
+class _NoRetracingWarning:
+    """A ``logging`` filter that drops TensorFlow's "triggered tf.function retracing" warning."""
+
+    def filter(self, record):
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+def _quiet_retracing(tensorflow):
+    logger = tensorflow.get_logger()
+    if not any(isinstance(f, _NoRetracingWarning) for f in logger.filters):
+        logger.addFilter(_NoRetracingWarning())
 
 
 class _QuietTensorFlowImport(_abc.MetaPathFinder):

@@ -1,0 +1,66 @@
+"""The seed-batched 2-D GANs: independent seeds, every loss, spectral normalisation, bad input."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from support.models.toy_gans import ToyGANs
+
+SMALL = dict(width=16, depth=2, batch_size=32)
+
+
+def test_a_seed_trains_the_same_alone_and_beside_others():
+    alone = ToyGANs(seeds=[3], **SMALL).train(20, samples=64).samples[-1, 0]
+    together = ToyGANs(seeds=[5, 3], **SMALL).train(20, samples=64).samples[-1, 1]
+    np.testing.assert_allclose(alone, together, rtol=1e-4, atol=1e-5)
+    other = ToyGANs(seeds=[5], **SMALL).train(20, samples=64).samples[-1, 0]
+    assert np.abs(other - alone).max() > 1e-2  # and another seed trains differently
+
+
+@pytest.mark.parametrize("loss", ["non_saturating", "minimax", "hinge", "wgan_gp"])
+def test_every_loss_trains_with_packing(loss):
+    gans = ToyGANs(seeds=[0, 1], loss=loss, pack=2, d_steps=2, **SMALL)
+    runs = gans.train(10, snapshot_every=5, samples=100)
+    assert runs.steps == [5, 10] and runs.samples.shape == (2, 2, 100, 2)
+    assert np.all(np.isfinite(runs.critic_gap)) and np.all(np.isfinite(runs.d_loss))
+
+
+def test_spectral_norm_keeps_each_discriminator_matrix_at_unit_norm():
+    gans = ToyGANs(seeds=[0, 1], spectral_norm=True, learning_rate=1e-2, **SMALL)
+    gans.train(200)
+    for w in gans._normalised(update=False):
+        top = np.linalg.svd(w.numpy(), compute_uv=False)[:, 0]  # [S] largest singular values
+        np.testing.assert_allclose(top, 1.0, rtol=0.05)
+
+
+def test_the_cosine_schedule_ends_at_zero_rate():
+    gans = ToyGANs(seeds=[0], schedule="cosine", steps=30, **SMALL)
+    gans.train(30)
+    assert float(gans.g_optimizer.learning_rate) == pytest.approx(0.0, abs=1e-9)
+    before = [w.numpy().copy() for w in gans.g_weights]
+    gans.train(5)  # past the schedule: the rate stays 0, so nothing moves
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, gans.g_weights))
+
+
+def test_samples_and_real_points_have_the_mixture_scale():
+    gans = ToyGANs(seeds=[0, 1], **SMALL)
+    real = gans.real(1000)
+    radius = np.linalg.norm(real, axis=-1)
+    assert real.shape == (2, 1000, 2) and abs(radius.mean() - 2.0) < 0.01
+    assert gans.sample(7).shape == (2, 7, 2)
+    assert np.array_equal(gans.sample(7, seed=3), gans.sample(7, seed=3))
+    assert tf.is_tensor(gans.generate(tf.zeros((2, 4, 2))))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(seeds=[0, 0]), "distinct"),
+    (dict(seeds=[]), "at least one"),
+    (dict(loss="wasserstein"), "loss='wasserstein'"),
+    (dict(pack=3), "pack=3 must divide batch_size=256"),
+    (dict(schedule="cosine"), "steps"),
+    (dict(learning_rate=0), "learning_rate=0"),
+    (dict(toy="ring9"), "ring9"),
+])
+def test_bad_settings_name_the_setting(kwargs, message):
+    with pytest.raises(Exception, match=message):
+        ToyGANs(**kwargs)
