@@ -23,6 +23,9 @@ QUICK = {
     "01_autoencoders": dict(train_size=300, latent_dims=[2, 8], linear_epochs=3, epochs=2),
     "02_mse_objective": dict(epochs=3, small_train_size=30, code_sizes=[2], depths=[1],
                              sweep_epochs=1, train_size=400),
+    "03_vae_elbo": dict(train_size=320, test_size=64, epochs=2, kl_warmup_epochs=1, sweep_epochs=2,
+                        linear_epochs=2, nll_samples=10, betas=[1.0], seeds=1, iwae_samples=[1, 2],
+                        snr_samples=[1, 2]),
 }
 
 SOLUTION = re.compile(r"<summary>\s*Solution\s*</summary>(.*?)</details>", re.S)

@@ -550,7 +550,8 @@ class VAE(keras.Model):
             raise ValueError(f"draws={draws}: a standard deviation needs at least 2 draws.")
         x = tf.constant(np.asarray(x, dtype=np.float32))
         if tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(f"x has shape {tuple(x.shape)}; expected [n, {', '.join(map(str, self.image_shape))}].")
+            expected = ", ".join(map(str, self.image_shape))
+            raise ValueError(f"x has shape {tuple(x.shape)}; expected [n, {expected}].")
         encoder_weights = self.encoder.trainable_weights
         decoder_weights = self.decoder.trainable_weights
 
