@@ -295,7 +295,8 @@ def mixture_snapshots(
     size: float = 2.0,
 ):
     """A grid of 2-D sample scatters: one row per named run, one column per snapshot
-    ``(step, points [n, 2])``, drawn over the data (grey) with the mode centres (crosses)."""
+    ``(step, points [n, 2])``, drawn over the data (grey, enlarged so that a mode without samples
+    shows) with the mode centres (small crosses on top)."""
     names = list(rows)
     columns = max(len(v) for v in rows.values())
     fig, axes = plt.subplots(len(names), columns, figsize=(2.1 * columns, 2.2 * len(names)),
@@ -308,10 +309,11 @@ def mixture_snapshots(
                 ax.set_axis_off()
                 continue
             step, points = rows[name][c]
-            if data is not None:
-                ax.scatter(data[:, 0], data[:, 1], s=size, color="0.8")
-            ax.scatter(points[:, 0], points[:, 1], s=size, alpha=0.5, color="C0")
-            ax.scatter(centers[:, 0], centers[:, 1], marker="x", s=20, color="black")
+            if data is not None:  # drawn large enough to stay visible where no sample lands
+                ax.scatter(data[:, 0], data[:, 1], s=max(6 * size, 10), color="0.65", zorder=1)
+            ax.scatter(points[:, 0], points[:, 1], s=size, alpha=0.5, color="C0", zorder=2)
+            ax.scatter(centers[:, 0], centers[:, 1], marker="+", s=12, linewidths=0.7, color="black",
+                       zorder=3)
             ax.set_xlim(-span, span)
             ax.set_ylim(-span, span)
             ax.set_aspect("equal")

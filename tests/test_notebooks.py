@@ -424,12 +424,15 @@ def test_gan_quality_gates_at_defaults(tmp_path):
     assert metrics["jsd_identity_max_error"] < 1e-3
     assert 0 <= metrics["learned_d_below_optimal"] < 0.01
     assert metrics["saturation_gradient_ratio"] > 100  # measured 995 at D(G(z)) = 0.001
-    # ring8, VEEGAN protocol: the stabilised set-up covers every mode on every seed
-    # (measured 8/8 at 82-89 %, mean 86 %); the weak discriminator collapses (measured 0-1 modes)
-    stable = metrics["toy"]["PacGAN + cosine"]
-    assert stable["modes"] == [8, 8, 8]
-    assert stable["high_quality_mean"] >= 0.80
-    assert metrics["toy"]["weak discriminator"]["modes_mean"] <= 2
+    # the non-saturating generator follows the gradient of KL(p_g || p) - 2 JSD at the optimal D
+    assert metrics["ns_gradient_identity_max_error"] < 1e-6
+    # ring8, VEEGAN protocol, 5 seeds: the cosine-decayed rate covers every mode on every seed at
+    # >= 90 % high quality (measured 8/8 at 93-96 %). The constant rate does not settle: its
+    # final high quality is below 90 % on some seed (measured 36-94 %), which the prose says.
+    stable = metrics["toy"]["cosine"]
+    assert len(stable["modes"]) >= 5
+    assert all(m == 8 for m in stable["modes"]) and min(stable["high_quality"]) >= 0.90
+    assert min(metrics["toy"]["plain"]["high_quality"]) < 0.90
     # images: every class, none rare, and far from the untrained generator
     assert metrics["classifier_accuracy"] >= 0.95
     assert metrics["classes_present"] == 10
