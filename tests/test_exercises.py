@@ -26,6 +26,7 @@ QUICK = {
     "03_vae_elbo": dict(train_size=320, test_size=64, epochs=2, kl_warmup_epochs=1, sweep_epochs=2,
                         linear_epochs=2, nll_samples=10, betas=[1.0], seeds=1, iwae_samples=[1, 2],
                         snr_samples=[1, 2]),
+    "04_gan_training": dict(train_size=400, epochs=2, toy_steps=100, seeds=[0, 1]),
 }
 
 SOLUTION = re.compile(r"<summary>\s*Solution\s*</summary>(.*?)</details>", re.S)

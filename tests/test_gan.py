@@ -287,3 +287,31 @@ def test_sample_snapshots_repeat_the_same_noise():
     assert [epoch for epoch, _ in snapshots.snapshots] == [1, 2]
     np.testing.assert_allclose(snapshots.snapshots[-1][1], gan.sample(5, seed=3).numpy())
     assert not np.allclose(snapshots.snapshots[0][1], snapshots.snapshots[1][1])  # it trained
+
+
+def test_precision_recall_of_one_distribution_and_of_a_dropped_half():
+    rng = np.random.default_rng(0)
+    real, same = rng.normal(size=(500, 2)), rng.normal(size=(500, 2))
+    pr = metrics.precision_recall(real, same)
+    assert pr.precision > 0.9 and pr.recall > 0.9
+    half = same[same[:, 0] > 0]  # covers half of the real distribution, all of it realistic
+    pr = metrics.precision_recall(real, half)
+    assert pr.precision > 0.9 and pr.recall < 0.65
+    far = metrics.precision_recall(real, same + 10.0)
+    assert far.precision == 0.0 and far.recall == 0.0
+    with pytest.raises(ValueError, match="k="):
+        metrics.precision_recall(real, same, k=0)
+    with pytest.raises(ValueError, match="one d"):
+        metrics.precision_recall(real, same[:, :1])
+
+
+def test_frechet_bootstrap_interval_contains_the_estimate_and_shrinks_with_n():
+    rng = np.random.default_rng(1)
+    bootstrap = metrics.frechet_distance_bootstrap
+    small = bootstrap(rng.normal(size=(100, 4)), rng.normal(0.5, 1, (100, 4)), n_boot=100)
+    large = bootstrap(rng.normal(size=(2000, 4)), rng.normal(0.5, 1, (2000, 4)), n_boot=50)
+    assert small.low <= small.value <= small.high and large.low <= large.value <= large.high
+    assert large.se < small.se
+    assert abs(large.value - 4 * 0.25) < 0.1  # the closed form: ||mu_a - mu_b||^2 with equal covariances
+    with pytest.raises(ValueError, match="n_boot"):
+        metrics.frechet_distance_bootstrap(rng.normal(size=(10, 2)), rng.normal(size=(10, 2)), n_boot=1)
