@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
+from scipy.spatial.distance import cdist
 from scipy.special import digamma
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KDTree, KNeighborsClassifier, NearestNeighbors
@@ -657,10 +658,15 @@ class PrecisionRecall(NamedTuple):
     recall: float
 
 
-def _inside(points, support, k):
+def _inside(points, support, k, chunk_bytes: int = 2**26):
+    """Whether each of ``points`` lies in a ball around some support point whose radius is that
+    point's distance to its ``k``-th nearest support neighbour. The distance matrix is built a
+    block of rows at a time (at most ``chunk_bytes`` per block), so 10,000 x 10,000 feature sets
+    need tens of megabytes, not the [n_points, n_support, d] cube."""
     radii = NearestNeighbors(n_neighbors=k + 1).fit(support).kneighbors(support)[0][:, k]
-    distances = np.sqrt(((points[:, None, :] - support[None, :, :]) ** 2).sum(-1))  # [n_points, n_support]
-    return (distances <= radii[None, :]).any(axis=1)
+    rows = max(1, chunk_bytes // (8 * len(support)))
+    return np.concatenate([(cdist(points[i:i + rows], support) <= radii[None, :]).any(axis=1)
+                           for i in range(0, len(points), rows)])
 
 
 def precision_recall(real_features, fake_features, k: int = 3) -> PrecisionRecall:
