@@ -333,3 +333,24 @@ def test_frechet_bootstrap_interval_contains_the_estimate_and_shrinks_with_n():
     assert abs(large.value - 4 * 0.25) < 0.1  # the closed form: ||mu_a - mu_b||^2 with equal covariances
     with pytest.raises(ValueError, match="n_boot"):
         metrics.frechet_distance_bootstrap(rng.normal(size=(10, 2)), rng.normal(size=(10, 2)), n_boot=1)
+
+
+@pytest.mark.parametrize("how", ["environment", "keras.json"])
+def test_a_non_tensorflow_keras_backend_stops_at_import_with_the_fix(tmp_path, how):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    if how == "environment":
+        env["KERAS_BACKEND"] = "jax"
+    else:  # Keras reads its backend from KERAS_HOME/keras.json; numpy needs no extra package
+        (tmp_path / "keras.json").write_text(json.dumps({"backend": "numpy"}))
+        env["KERAS_HOME"] = str(tmp_path)
+    result = subprocess.run([sys.executable, "-c", "import support.models.gan"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "KERAS_BACKEND=tensorflow" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: support.models needs Keras's TensorFlow backend")
