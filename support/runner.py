@@ -24,6 +24,7 @@ import math
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -84,6 +85,17 @@ def parameters_for(path: Path, given: dict[str, Any]) -> dict[str, Any]:
     chosen = {name: value for name, value in given.items() if name in declared}
     nb_runtime.validate(path.stem, chosen)
     return chosen
+
+
+_SAY_LOCK = threading.Lock()
+
+
+def _say(text: str, stream) -> None:
+    """One whole line per call: ``print`` writes the text and its newline separately, so two
+    notebooks reporting at once from their threads could run two lines together."""
+    with _SAY_LOCK:
+        stream.write(text + "\n")
+        stream.flush()
 
 
 @dataclass
@@ -180,7 +192,7 @@ def run(
         result_file = results / f"{name}.json"
         for stale in (final, failed, result_file):
             stale.unlink(missing_ok=True)
-        print(f"[{i}/{len(plans)}] {name}" + (" started" if jobs > 1 else ""), file=stream, flush=True)
+        _say(f"[{i}/{len(plans)}] {name}" + (" started" if jobs > 1 else ""), stream)
         began = time.perf_counter()
         try:
             execute(path, partial, parameters, progress=progress)
@@ -189,13 +201,12 @@ def run(
             if partial.exists():
                 os.replace(partial, failed)
             outcome = Outcome(name, False, seconds, failed, {}, _describe(exc))
-            print(f"    {name + ' ' if jobs > 1 else ''}FAILED after {seconds:.0f} s: {outcome.error}",
-                  file=stream, flush=True)
+            _say(f"    {name + ' ' if jobs > 1 else ''}FAILED after {seconds:.0f} s: {outcome.error}", stream)
             return outcome
         seconds = time.perf_counter() - began
         os.replace(partial, final)
         metrics = json.loads(result_file.read_text())["metrics"] if result_file.exists() else {}
-        print(f"    {name + ' ' if jobs > 1 else ''}done in {seconds:.0f} s", file=stream, flush=True)
+        _say(f"    {name + ' ' if jobs > 1 else ''}done in {seconds:.0f} s", stream)
         return Outcome(name, True, seconds, final, metrics)
 
     if jobs == 1:
