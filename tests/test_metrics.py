@@ -300,3 +300,16 @@ def test_retrieval_precision_counts_neighbours_of_the_same_label():
     precision, se = metrics.retrieval_precision(z_train, y_train, [[0.05], [5.05]], [0, 0], k=3)
     assert precision == 0.5 and se == pytest.approx(0.5)
     assert metrics.distance_to_nearest([[1.0], [4.0]], z_train) == pytest.approx([0.8, 1.0])
+
+
+def test_wasserstein1_matches_sorting_in_one_dimension_and_a_shift():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(300, 1)), rng.exponential(size=(300, 1))
+    # in one dimension the optimal matching pairs the sorted points
+    assert metrics.wasserstein1(a, b) == pytest.approx(np.abs(np.sort(a[:, 0]) - np.sort(b[:, 0])).mean())
+    # a translation by c costs exactly |c|: W1 >= |difference of means| and the identity matching attains it
+    points = rng.normal(size=(200, 2))
+    assert metrics.wasserstein1(points, points + [0.3, -0.4]) == pytest.approx(0.5)
+    assert metrics.wasserstein1(points, points[::-1]) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="same number"):
+        metrics.wasserstein1(points, points[:100])

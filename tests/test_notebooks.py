@@ -433,6 +433,21 @@ def test_gan_quality_gates_at_defaults(tmp_path):
     assert len(stable["modes"]) >= 5
     assert all(m == 8 for m in stable["modes"]) and min(stable["high_quality"]) >= 0.90
     assert min(metrics["toy"]["plain"]["high_quality"]) < 0.90
+    # section 4, the same cosine schedule: the hinge loss covers every mode at >= 90 % on every seed
+    # (probe: 8/8 at 93-95 %); WGAN-GP (lambda 0.1) covers every mode too, but its Lipschitz critic
+    # pushes less sharply: its high quality is below the non-saturating run's beyond 2 s.e., paired
+    # over seeds (probe: 85-89 % against 93-96 %), which the text says; its critic's gap is a lower
+    # bound on the samples' exact W1 on every seed; spectral normalisation leaves the discriminator
+    # far flatter than its bound of 1 (the text's reason for its failures)
+    objectives = metrics["objectives"]
+    hinge, wgan = objectives["hinge + cosine"], objectives["WGAN-GP + cosine"]
+    reference = objectives["non-saturating + cosine (section 3)"]
+    assert all(m == 8 for m in hinge["modes"]) and min(hinge["high_quality"]) >= 0.90
+    assert all(m == 8 for m in wgan["modes"])
+    diff = np.subtract(wgan["high_quality"], reference["high_quality"])
+    assert diff.mean() + 2 * diff.std(ddof=1) / np.sqrt(len(diff)) < 0
+    assert all(gap <= w1 for gap, w1 in zip(wgan["critic_gap"], wgan["w1"]))
+    assert objectives["spectral norm + cosine"]["median_gradient_norm"] < 0.2
     # images: every class, none rare, and far from the untrained generator
     assert metrics["classifier_accuracy"] >= 0.95
     assert metrics["classes_present"] == 10

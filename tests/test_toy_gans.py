@@ -60,7 +60,29 @@ def test_samples_and_real_points_have_the_mixture_scale():
     (dict(schedule="cosine"), "steps"),
     (dict(learning_rate=0), "learning_rate=0"),
     (dict(toy="ring9"), "ring9"),
+    (dict(betas=(0.5, 1.0)), "betas=.*Adam"),
+    (dict(betas=0.9), "betas=.*Adam"),
 ])
 def test_bad_settings_name_the_setting(kwargs, message):
     with pytest.raises(Exception, match=message):
         ToyGANs(**kwargs)
+
+
+@pytest.mark.parametrize("total", [None, 7])
+def test_the_fused_adam_takes_keras_adams_steps(total):
+    # the toy GANs' Adam is one fused kernel per variable; it must move weights as Keras's does
+    import keras
+
+    from support.models.toy_gans import _FusedAdam
+
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(3, 4)).astype(np.float32)
+    ours, theirs = tf.Variable(start), tf.Variable(start)
+    rate = 0.01 if total is None else keras.optimizers.schedules.CosineDecay(0.01, total)
+    fused = _FusedAdam([ours], 0.01, (0.5, 0.9), total)
+    reference = keras.optimizers.Adam(rate, beta_1=0.5, beta_2=0.9)
+    for step in range(10):
+        grad = tf.constant(rng.normal(size=(3, 4)).astype(np.float32))
+        fused.apply([grad], [ours])
+        reference.apply_gradients([(grad, theirs)])
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-5, atol=1e-6, err_msg=f"step {step}")

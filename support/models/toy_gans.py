@@ -25,8 +25,9 @@ concatenated (PacGAN, Lin et al. 2018). Losses, per seed, with ``l`` the discrim
 (hinge: Lim and Ye 2017, Miyato et al. 2018; WGAN-GP: Gulrajani et al. 2017, ``x_hat`` uniform on
 the segment between a real and a generated pack). ``spectral_norm=True`` divides every
 discriminator weight matrix by its largest singular value, estimated by one power iteration per
-step (Miyato et al. 2018). Adam with ``beta_1 = 0.5`` on both networks, at a constant rate or
-decayed to 0 along a cosine over the training (``schedule="cosine"``).
+step (Miyato et al. 2018). Adam with ``betas = (0.5, 0.999)`` on both networks by default
+(Gulrajani et al. use ``(0.5, 0.9)`` for WGAN-GP), at a constant rate or decayed to 0 along a
+cosine over the training (``schedule="cosine"``).
 
 Typical use::
 
@@ -41,7 +42,6 @@ import dataclasses
 import math
 import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -84,6 +84,40 @@ class ToyRuns:
     seconds: float
 
 
+class _FusedAdam:
+    """Adam as Keras 3 computes it (``epsilon = 1e-7`` outside the square root, bias correction
+    folded into the rate), one fused ``ResourceApplyAdam`` kernel per variable instead of the
+    dozen small operations per variable of ``keras.optimizers.Adam``: the toy GANs are so small
+    that those operations, not the arithmetic, set the time of a step. ``total`` gives the
+    cosine decay to 0 over that many updates (``keras.optimizers.schedules.CosineDecay``)."""
+
+    def __init__(self, variables, rate: float, betas, total: int | None = None, epsilon: float = 1e-7):
+        self.base_rate, self.total = float(rate), total
+        self.beta_1, self.beta_2, self.epsilon = float(betas[0]), float(betas[1]), float(epsilon)
+        self.m = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
+        self.v = [tf.Variable(tf.zeros_like(v), trainable=False) for v in variables]
+        self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    @property
+    def learning_rate(self):
+        """The rate of the next update."""
+        if self.total is None:
+            return tf.constant(self.base_rate)
+        done = tf.minimum(tf.cast(self.iterations, tf.float32), float(self.total))
+        return self.base_rate * 0.5 * (1.0 + tf.cos(math.pi * done / self.total))
+
+    def apply(self, grads, variables):
+        t = tf.cast(self.iterations + 1, tf.float32)
+        rate = self.learning_rate
+        b1, b2, epsilon = tf.constant(self.beta_1), tf.constant(self.beta_2), tf.constant(self.epsilon)
+        b1_power, b2_power = tf.pow(b1, t), tf.pow(b2, t)
+        for var, m, v, g in zip(variables, self.m, self.v, grads):
+            tf.raw_ops.ResourceApplyAdam(var=var.handle, m=m.handle, v=v.handle, beta1_power=b1_power,
+                                         beta2_power=b2_power, lr=rate, beta1=b1, beta2=b2, epsilon=epsilon,
+                                         grad=g)
+        self.iterations.assign_add(1)
+
+
 class ToyGANs:
     """``S = len(seeds)`` independent MLP GANs on a 2-D mixture, trained together; see the module.
 
@@ -101,13 +135,15 @@ class ToyGANs:
         batch_size: real points (and generated samples) per step and seed.
         latent_dim, width, depth: noise size and the networks' hidden layers.
         gp_weight: weight of the gradient penalty (``wgan_gp`` only).
+        betas: Adam's ``(beta_1, beta_2)`` for both networks, each in ``[0, 1)``.
     """
 
     def __init__(self, seeds=(0, 1, 2, 3, 4), toy: str = "ring8", *, loss: str = "non_saturating",
                  pack: int = 1, spectral_norm: bool = False, d_steps: int = 1,
                  learning_rate: float = 1e-3, d_learning_rate: float | None = None,
                  schedule: str = "constant", steps: int | None = None, batch_size: int = 256,
-                 latent_dim: int = 2, width: int = 128, depth: int = 3, gp_weight: float = 10.0):
+                 latent_dim: int = 2, width: int = 128, depth: int = 3, gp_weight: float = 10.0,
+                 betas=(0.5, 0.999)):
         seeds = list(seeds)
         if not seeds or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0
                             for s in seeds) or len(set(seeds)) != len(seeds):
@@ -133,21 +169,26 @@ class ToyGANs:
         self.total_steps = None
         if schedule == "cosine":
             self.total_steps = positive_int(steps, "steps")
-            g_rate = keras.optimizers.schedules.CosineDecay(g_rate, self.total_steps)
-            d_rate = keras.optimizers.schedules.CosineDecay(d_rate, self.total_steps * self.d_steps)
-        self.g_optimizer = keras.optimizers.Adam(g_rate, beta_1=0.5)
-        self.d_optimizer = keras.optimizers.Adam(d_rate, beta_1=0.5)
+        betas = tuple(betas) if isinstance(betas, (tuple, list)) else ()
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+                                      for b in betas):
+            raise ValueError(f"betas={betas!r} must be two numbers in [0, 1), Adam's (beta_1, beta_2).")
+        self.betas = tuple(float(b) for b in betas)
         g_sizes = [self.latent_dim] + [self.width] * self.depth + [2]
         d_sizes = [2 * self.pack] + [self.width] * self.depth + [1]
         self.g_weights = self._layers(g_sizes, 0)
         self.d_weights = self._layers(d_sizes, 1)
+        cosine = self.total_steps is not None
+        self.g_optimizer = _FusedAdam(self.g_weights, g_rate, self.betas,
+                                      self.total_steps if cosine else None)
+        self.d_optimizer = _FusedAdam(self.d_weights, d_rate, self.betas,
+                                      self.total_steps * self.d_steps if cosine else None)
         # the power iteration's vectors u: [S, out] per discriminator matrix
         self.d_u = [tf.Variable(self._normal((w.shape[2],), 2, i), trainable=False)
                     for i, w in enumerate(self.d_weights[::2])]
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
         self._centers = tf.constant(self.mixture.centers)
         self._chunk = tf.function(self._train_chunk)
-        self._built_optimizers = False
 
     # ------------------------------------------------------------------ parameters
 
@@ -171,7 +212,7 @@ class ToyGANs:
         """``z: [S, n, latent_dim] -> [S, n, 2]``."""
         h = z
         for i in range(0, len(self.g_weights), 2):
-            h = tf.einsum("sni,sio->sno", h, self.g_weights[i]) + self.g_weights[i + 1][:, None, :]
+            h = tf.matmul(h, self.g_weights[i]) + tf.expand_dims(self.g_weights[i + 1], 1)
             if i + 2 < len(self.g_weights):
                 h = tf.nn.relu(h)
         return h
@@ -198,7 +239,7 @@ class ToyGANs:
         h = tf.reshape(x, (len(self.seeds), -1, 2 * self.pack))
         biases = self.d_weights[1::2]
         for i, (w, b) in enumerate(zip(matrices, biases)):
-            h = tf.einsum("sni,sio->sno", h, w) + b[:, None, :]
+            h = tf.matmul(h, w) + tf.expand_dims(b, 1)
             if i + 1 < len(matrices):
                 h = tf.nn.leaky_relu(h, 0.2)
         return h[..., 0]
@@ -271,13 +312,13 @@ class ToyGANs:
                 d_loss = self._d_loss(real, fake, counter + k)
                 total = tf.reduce_sum(d_loss)  # each seed's slice gets its own loss's gradient
             grads = tape.gradient(total, self.d_weights)
-            self.d_optimizer.apply_gradients(zip(grads, self.d_weights))
+            self.d_optimizer.apply(grads, self.d_weights)
         z = self._draw(0, self.batch_size, counter + self.d_steps)
         with tf.GradientTape() as tape:
             g_loss = self._g_loss(self.generate(z))
             total = tf.reduce_sum(g_loss)
         grads = tape.gradient(total, self.g_weights)
-        self.g_optimizer.apply_gradients(zip(grads, self.g_weights))
+        self.g_optimizer.apply(grads, self.g_weights)
         self.step.assign_add(1)
         return d_loss, g_loss
 
