@@ -295,7 +295,9 @@ SCHEMAS: dict[str, tuple[Param, ...]] = {
         Param("toy", str, "ring8", "2-D mixture of the mode-collapse experiment",
               choices=("ring8", "grid25")),
         Param("loss", str, "non_saturating", "the GAN objective",
-              choices=("non_saturating", "minimax", "wgan_gp")),
+              choices=("non_saturating", "minimax", "hinge", "wgan_gp")),
+        Param("spectral_norm", bool, False, "spectrally normalise the DCGAN's discriminator "
+              "(keras.layers.SpectralNormalization)"),
         Param("latent_dim", int, 32, "size of the DCGAN's noise z", low=1, high=512),
         Param("d_steps", int, 1, "discriminator updates per generator update", low=1, high=20),
         Param("epochs", int, 100, "passes over the training images for the DCGAN", low=1,

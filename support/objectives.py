@@ -333,6 +333,24 @@ def wasserstein_critic_loss(real_scores, fake_scores):
     return fake_scores - real_scores
 
 
+def hinge_discriminator_loss(real_scores, fake_scores):
+    """The discriminator's hinge loss (Lim and Ye 2017; Miyato et al. 2018), per example:
+    ``relu(1 - l(x)) + relu(1 + l(G(z)))``. A point already on its side of the margin of 1
+    contributes nothing; the generator then minimises ``-l(G(z))``
+    (:func:`wasserstein_generator_loss`).
+
+    Args:
+        real_scores: ``[batch]`` or ``[batch, 1]`` raw outputs ``l`` of real data.
+        fake_scores: raw outputs of generated data, the shape of ``real_scores``.
+
+    Returns:
+        ``[batch]`` values, ``>= 0``.
+    """
+    real_scores = _per_example_outputs(real_scores)
+    fake_scores = _cast(_per_example_outputs(fake_scores), real_scores.dtype)
+    return tf.nn.relu(1.0 - real_scores) + tf.nn.relu(1.0 + fake_scores)
+
+
 def wasserstein_generator_loss(fake_scores):
     """The generator's loss of a Wasserstein GAN: ``-f(G(z))``.
 

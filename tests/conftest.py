@@ -43,12 +43,20 @@ def data_dir() -> Path:
 SESSION_START = time.time()
 
 
+# Modules whose every test executes notebooks (papermill reruns, the exercises' solutions, the
+# browser): the fast lane (`pytest -m "not slow"`) leaves them out, with nbval's executions.
+SLOW_MODULES = {"test_notebooks.py", "test_exercises.py", "test_browser.py"}
+
+
 def pytest_collection_modifyitems(session, config, items):
-    """Run the notebooks under nbval first, so that the quality-gate tests can read the metrics
-    those executions recorded instead of running each notebook at its defaults a second time
-    (see :func:`default_run_metrics`)."""
+    """Mark notebook executions ``slow``, and run the notebooks under nbval first, so that the
+    quality-gate tests can read the metrics those executions recorded instead of running each
+    notebook at its defaults a second time (see :func:`default_run_metrics`)."""
     notebooks = [item for item in items if Path(str(item.fspath)).parent == NOTEBOOKS]
     others = [item for item in items if Path(str(item.fspath)).parent != NOTEBOOKS]
+    for item in items:
+        if item in notebooks or Path(str(item.fspath)).name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
     items[:] = notebooks + others
 
 

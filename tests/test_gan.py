@@ -197,7 +197,8 @@ def ring8():
 
 @pytest.mark.parametrize(
     "loss, d_steps, pack",
-    [("non_saturating", 1, 1), ("minimax", 2, 1), ("wgan_gp", 3, 1), ("non_saturating", 1, 2)],
+    [("non_saturating", 1, 1), ("minimax", 2, 1), ("hinge", 1, 1), ("wgan_gp", 3, 1),
+     ("non_saturating", 1, 2)],
 )
 def test_train_step_updates_both_networks_and_counts_steps(ring8, loss, d_steps, pack):
     gan = _small_gan(loss, d_steps, pack)
@@ -214,7 +215,7 @@ def test_train_step_updates_both_networks_and_counts_steps(ring8, loss, d_steps,
     # Every kernel moves (a critic's output bias cancels in f(G(z)) - f(x) and the penalty).
     assert all(not np.array_equal(b, w.numpy())
                for b, w in zip(d_before, gan.discriminator.trainable_weights) if b.ndim == 2)
-    if loss != "wgan_gp":
+    if loss not in ("hinge", "wgan_gp"):  # probabilities; the other two report raw outputs
         assert 0 < history["d_real"][0] < 1 and 0 < history["d_fake"][0] < 1
 
 
@@ -245,11 +246,19 @@ def test_keras_round_trip_restores_generator_and_compile(tmp_path, ring8, loss, 
     loaded.fit(ring8, batch_size=64, epochs=1, verbose=0)  # training resumes
 
 
-@pytest.mark.parametrize("loss", ["non_saturating", "wgan_gp"])
-def test_dcgan_trains_on_digits(loss):
+def test_hinge_loss_is_zero_beyond_the_margin_and_linear_inside():
+    real, fake = tf.constant([2.0, 0.5, -1.0]), tf.constant([-3.0, 0.0, 1.0])
+    np.testing.assert_allclose(objectives.hinge_discriminator_loss(real, fake).numpy(),
+                               [0.0 + 0.0, 0.5 + 1.0, 2.0 + 2.0])
+
+
+@pytest.mark.parametrize("loss, spectral_norm",
+                         [("non_saturating", False), ("hinge", True), ("wgan_gp", False)])
+def test_dcgan_trains_on_digits(loss, spectral_norm):
     x, _ = data.load("digits", "train", size=64)
     keras.utils.set_random_seed(0)
-    gan = GAN(G.dcgan_generator(8, (8, 8, 1), filters=8), G.dcgan_discriminator((8, 8, 1), filters=8))
+    gan = GAN(G.dcgan_generator(8, (8, 8, 1), filters=8),
+              G.dcgan_discriminator((8, 8, 1), filters=8, spectral_norm=spectral_norm))
     gan.compile(loss=loss)
     history = gan.fit(x, batch_size=32, epochs=1, verbose=0).history
     assert all(np.isfinite(v[0]) for v in history.values())
@@ -354,3 +363,25 @@ def test_a_non_tensorflow_keras_backend_stops_at_import_with_the_fix(tmp_path, h
     assert "KERAS_BACKEND=tensorflow" in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError: support.models needs Keras's TensorFlow backend")
+
+
+def test_spectral_normalisation_holds_each_discriminator_layer_at_unit_norm(tmp_path):
+    x, _ = data.load("digits", "train", size=128)
+    keras.utils.set_random_seed(0)
+    discriminator = G.dcgan_discriminator((8, 8, 1), filters=8, spectral_norm=True)
+    wrapped = [layer for layer in discriminator.layers
+               if isinstance(layer, keras.layers.SpectralNormalization)]
+    assert [w.layer.name for w in wrapped] == ["conv_1", "conv_2", "logit"]
+    gan = GAN(G.dcgan_generator(8, (8, 8, 1), filters=8), discriminator)
+    gan.compile(d_optimizer=keras.optimizers.Adam(1e-2), loss="hinge")
+    gan.fit(x, batch_size=32, epochs=3, verbose=0)
+    for layer in wrapped:  # the kernel a training call uses, as a matrix [.., out]
+        kernel = layer.layer.kernel.numpy().reshape(-1, layer.layer.kernel.shape[-1])
+        assert np.linalg.svd(kernel, compute_uv=False)[0] == pytest.approx(1.0, rel=0.05)
+    path = tmp_path / "sn.keras"
+    gan.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded.discriminator(x[:8]).numpy(), gan.discriminator(x[:8]).numpy(),
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="spectral_norm='yes'"):
+        G.dcgan_discriminator((8, 8, 1), spectral_norm="yes")

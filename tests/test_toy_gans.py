@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from support.models.toy_gans import ToyGANs
+from support.models.toy_gans import ToyGANs, train_together
 
 SMALL = dict(width=16, depth=2, batch_size=32)
 
@@ -15,6 +15,28 @@ def test_a_seed_trains_the_same_alone_and_beside_others():
     np.testing.assert_allclose(alone, together, rtol=1e-4, atol=1e-5)
     other = ToyGANs(seeds=[5], **SMALL).train(20, samples=64).samples[-1, 0]
     assert np.abs(other - alone).max() > 1e-2  # and another seed trains differently
+
+
+def test_set_ups_trained_together_train_as_they_do_alone():
+    def models():
+        return {"plain": ToyGANs(seeds=[0, 1], **SMALL), "packed": ToyGANs(seeds=[0, 1], pack=2, **SMALL),
+                "wgan": ToyGANs(seeds=[0, 1], loss="wgan_gp", d_steps=2, **SMALL)}
+    alone = {name: model.train(30, snapshot_every=10, samples=64) for name, model in models().items()}
+    together = train_together(models(), 30, snapshot_every=10, samples=64)
+    assert list(together) == ["plain", "packed", "wgan"]
+    for name, runs in alone.items():
+        assert together[name].steps == runs.steps == [10, 20, 30]
+        np.testing.assert_allclose(together[name].samples, runs.samples, rtol=1e-5, atol=1e-6)
+
+
+def test_training_together_raises_the_first_failure():
+    diverging = ToyGANs(seeds=[0], learning_rate=1e30, **SMALL)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        train_together({"fine": ToyGANs(seeds=[0], **SMALL), "diverging": diverging}, 20)
+    with pytest.raises(ValueError, match="dict of name -> ToyGANs"):
+        train_together({}, 10)
+    with pytest.raises(ValueError, match="workers"):
+        train_together({"fine": ToyGANs(seeds=[0], **SMALL)}, 10, workers=0)
 
 
 @pytest.mark.parametrize("loss", ["non_saturating", "minimax", "hinge", "wgan_gp"])

@@ -8,11 +8,15 @@ generator update. The losses come from :mod:`support.objectives`:
 
     loss="non_saturating"  D: -log D(x) - log(1 - D(G(z)))    G: -log D(G(z))
     loss="minimax"         D: as above                         G: log(1 - D(G(z)))
+    loss="hinge"           D: relu(1 - l(x)) + relu(1 + l(G(z)))   G: -l(G(z))
     loss="wgan_gp"         D: f(G(z)) - f(x) + gp_weight * (||grad f(x_hat)|| - 1)^2
                            G: -f(G(z))
 
 ``fit`` reports ``d_loss``, ``g_loss``, ``d_real`` (mean ``D(x)``) and ``d_fake`` (mean
-``D(G(z))``), probabilities for the logistic losses and raw critic scores for WGAN-GP.
+``D(G(z))``), probabilities for the logistic losses and raw outputs for the hinge loss and
+WGAN-GP. ``dcgan_discriminator(spectral_norm=True)`` wraps every layer with weights in
+``keras.layers.SpectralNormalization`` (Miyato et al. 2018), a second way to bound the
+discriminator's slope.
 
 PacGAN (Lin et al. 2018): with ``pack > 1`` the discriminator judges ``pack`` samples
 concatenated into one input (build it with ``mlp_discriminator(pack=pack)``); ``train_step``
@@ -41,7 +45,8 @@ import tensorflow as tf
 from support import objectives
 from support.models.autoencoders import check_shape, positive_int
 
-LOSSES = ("non_saturating", "minimax", "wgan_gp")
+LOSSES = ("non_saturating", "minimax", "hinge", "wgan_gp")
+RAW_OUTPUTS = ("hinge", "wgan_gp")  # losses whose discriminator outputs are not logits
 
 
 def _non_negative_float(value, name):
@@ -118,21 +123,29 @@ def dcgan_generator(latent_dim: int, image_shape=(28, 28, 1), filters: int = 64,
     ], name=name)
 
 
-def dcgan_discriminator(image_shape=(28, 28, 1), filters: int = 64,
+def dcgan_discriminator(image_shape=(28, 28, 1), filters: int = 64, spectral_norm: bool = False,
                         name: str = "discriminator") -> keras.Sequential:
     """A DCGAN discriminator: ``[batch, h, w, c] -> [batch, 1]`` logits from two stride-2
     convolutions with LeakyReLU(0.2). No batch norm, so that it also serves as a WGAN-GP critic
-    (the penalty is per example; batch norm would mix examples)."""
+    (the penalty is per example; batch norm would mix examples). ``spectral_norm=True`` wraps
+    the two convolutions and the output layer in ``keras.layers.SpectralNormalization`` (one
+    power iteration per training call), so each has a largest singular value of 1."""
     _check_dcgan_shape(image_shape)
     filters = positive_int(filters, "filters")
+    if not isinstance(spectral_norm, (bool, np.bool_)):
+        raise ValueError(f"spectral_norm={spectral_norm!r} must be True or False.")
+
+    def weighted(layer):
+        return keras.layers.SpectralNormalization(layer, name=f"sn_{layer.name}") if spectral_norm else layer
+
     return keras.Sequential([
         keras.Input(check_shape(image_shape, "image_shape")),
-        keras.layers.Conv2D(filters, 4, strides=2, padding="same"),
+        weighted(keras.layers.Conv2D(filters, 4, strides=2, padding="same", name="conv_1")),
         keras.layers.LeakyReLU(0.2),
-        keras.layers.Conv2D(2 * filters, 4, strides=2, padding="same"),
+        weighted(keras.layers.Conv2D(2 * filters, 4, strides=2, padding="same", name="conv_2")),
         keras.layers.LeakyReLU(0.2),
         keras.layers.Flatten(),
-        keras.layers.Dense(1, name="logit"),
+        weighted(keras.layers.Dense(1, name="logit")),
     ], name=name)
 
 
@@ -245,7 +258,7 @@ class GAN(keras.Model):
         Args:
             d_optimizer, g_optimizer: Keras optimizers (or their names) of the discriminator and
                 the generator; ``None`` gives Adam(1e-3, beta_1=0.5).
-            loss: ``"non_saturating"``, ``"minimax"`` or ``"wgan_gp"``.
+            loss: ``"non_saturating"``, ``"minimax"``, ``"hinge"`` or ``"wgan_gp"``.
             d_steps: discriminator updates per generator update (5 is usual for WGAN-GP).
             gp_weight: weight ``lambda`` of the gradient penalty (``"wgan_gp"`` only).
         """
@@ -334,6 +347,8 @@ class GAN(keras.Model):
                     seed=self.seed_generator.next(),
                 )
                 per_pack = per_pack + self.gp_weight * penalty
+            elif self.loss_name == "hinge":
+                per_pack = objectives.hinge_discriminator_loss(real_out, fake_out)
             else:
                 per_pack = objectives.discriminator_loss(real_out, fake_out)
             # Under a distribution strategy: this replica's share of the global batch mean.
@@ -346,7 +361,7 @@ class GAN(keras.Model):
         z = self._noise(batch_size)
         with tf.GradientTape() as tape:
             fake_out = self._discriminate(self.generator(z, training=True))
-            if self.loss_name == "wgan_gp":
+            if self.loss_name in RAW_OUTPUTS:  # hinge and WGAN-GP: G minimises -l(G(z))
                 per_pack = objectives.wasserstein_generator_loss(fake_out)
             elif self.loss_name == "minimax":
                 per_pack = objectives.generator_minimax_loss(fake_out)
@@ -363,7 +378,7 @@ class GAN(keras.Model):
         for _ in range(self.d_steps):
             d_loss, real_out, fake_out = self._discriminator_step(real)
         g_loss = self._generator_step(tf.shape(real)[0])
-        if self.loss_name != "wgan_gp":  # report probabilities D(x), not logits
+        if self.loss_name not in RAW_OUTPUTS:  # report probabilities D(x), not logits
             real_out, fake_out = tf.sigmoid(real_out), tf.sigmoid(fake_out)
         self.d_loss_tracker.update_state(d_loss)
         self.g_loss_tracker.update_state(g_loss)
