@@ -43,9 +43,36 @@ def data_dir() -> Path:
 SESSION_START = time.time()
 
 
-# Modules whose every test executes notebooks (papermill reruns, the exercises' solutions, the
-# browser): the fast lane (`pytest -m "not slow"`) leaves them out, with nbval's executions.
-SLOW_MODULES = {"test_notebooks.py", "test_exercises.py", "test_browser.py"}
+# The fast lane, `pytest -m "not slow"`, leaves out what is marked slow here, in one place:
+# notebook executions (nbval, papermill reruns, the exercises' solutions, the CLI runs, the
+# browser), the two-process distribution test, and unit tests that train for seconds (measured
+# on 2 cores: each over about 3 s, or a shared fixture that trains a model).
+SLOW_MODULES = {"test_notebooks.py", "test_exercises.py", "test_browser.py", "test_distribute.py"}
+SLOW_FIXTURES = {"scorer", "trained", "gan_runs", "distributed"}  # each trains before its tests
+SLOW_TESTS = {
+    "test_runner.py": {"test_two_notebooks_run_at_once_and_report_in_order",
+                       "test_cli_run_prints_the_results_table",
+                       "test_a_failing_notebook_is_named_and_its_output_marked",
+                       "test_an_interrupted_sweep_resumes_and_skips_complete_runs",
+                       "test_sweep_of_two_values_writes_runs_csv_and_plot",
+                       "test_sweep_reports_a_failing_run_and_keeps_the_others"},
+    "test_classifier.py": {"test_training_without_test_set_and_the_seed"},
+    "test_gan.py": {"test_precision_recall_blocks_match_the_definition_and_stay_small",
+                    "test_keras_round_trip_restores_generator_and_compile"},
+    "test_checkpoints.py": {"test_a_run_on_epoch_boundaries_has_no_batch_hook_and_trains_the_same_steps",
+                            "test_train_vae_with_checkpoint_dir_resumes_to_the_uninterrupted_result"},
+    "test_toy_gans.py": {"test_set_ups_trained_together_train_as_they_do_alone"},
+    "test_tensorboard_logs.py": {"test_logging_does_not_change_the_training",
+                                 "test_every_training_function_logs_its_own_numbered_run"},
+}
+
+
+def _is_slow(item) -> bool:
+    module = Path(str(item.fspath)).name
+    name = getattr(item, "originalname", None) or item.name.split("[")[0]
+    return (Path(str(item.fspath)).parent == NOTEBOOKS or module in SLOW_MODULES
+            or bool(SLOW_FIXTURES & set(getattr(item, "fixturenames", ())))
+            or name in SLOW_TESTS.get(module, ()))
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -55,7 +82,7 @@ def pytest_collection_modifyitems(session, config, items):
     notebooks = [item for item in items if Path(str(item.fspath)).parent == NOTEBOOKS]
     others = [item for item in items if Path(str(item.fspath)).parent != NOTEBOOKS]
     for item in items:
-        if item in notebooks or Path(str(item.fspath)).name in SLOW_MODULES:
+        if _is_slow(item):
             item.add_marker(pytest.mark.slow)
     items[:] = notebooks + others
 
