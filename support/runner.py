@@ -108,10 +108,32 @@ class Outcome:
     error: str = ""
 
 
+def _kernel_manager_class():
+    """Kernels over local IPC (Unix-domain) sockets where the system has them: no TCP port is
+    opened, and ipykernel's warning that "the kernel is running over TCP without encryption"
+    does not apply. The sockets live under the temporary folder, one prefix per kernel, and
+    jupyter_client removes them at shutdown. Elsewhere (Windows) papermill's default, TCP."""
+    if os.name != "posix":
+        return None
+    import tempfile
+    import uuid
+
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.transport = "ipc"
+            self.ip = os.path.join(tempfile.gettempdir(), f"support-kernel-{uuid.uuid4().hex[:12]}")
+
+    return IPCKernelManager
+
+
 def execute(path: Path, output: Path, parameters: dict[str, Any], progress: bool = True) -> None:
     """Execute one notebook with papermill, from its own folder, into ``output``."""
     import papermill
 
+    manager = _kernel_manager_class()
     papermill.execute_notebook(
         str(path),
         str(output),
@@ -120,6 +142,7 @@ def execute(path: Path, output: Path, parameters: dict[str, Any], progress: bool
         cwd=str(path.parent),
         progress_bar=progress,
         log_output=False,
+        **({"kernel_manager_class": manager} if manager else {}),
     )
 
 

@@ -41,6 +41,8 @@ def test_cli_run_prints_the_results_table(tmp_path):
     document = json.loads((tmp_path / "results" / "00_start_here.json").read_text())
     assert document["parameters"]["samples"] == 8
     assert sorted(p.name for p in tmp_path.iterdir()) == ["00_start_here.ipynb", "results"]
+    # the kernel runs over local sockets: no warning about unencrypted TCP
+    assert "TCP" not in done.stderr and "TCP" not in done.stdout
 
 
 @pytest.mark.parametrize(
