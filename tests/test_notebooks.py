@@ -495,6 +495,17 @@ def test_gan_rerun_with_the_hinge_loss_and_spectral_norm(tmp_path):
     assert np.isfinite(metrics["fid_dcgan"]) and metrics["fid_dcgan"] < metrics["fid_untrained"]
 
 
+def test_gan_rerun_as_a_wgan_gp_records_the_critics_estimate(tmp_path):
+    # the DCGAN as a WGAN-GP (five critic steps): section 5 plots the critic's estimate
+    # E f(x) - E f(G(z)) per epoch; a critic that has started to separate the two gives a positive gap
+    metrics = execute("04_gan_training", tmp_path, loss="wgan_gp", d_steps=5, epochs=3, toy_steps=20,
+                      seeds=[0])
+    gap = metrics["dcgan_output_gap"]
+    assert len(gap) == 3 and all(np.isfinite(gap))
+    assert gap[-1] > 0
+    assert metrics["fid_dcgan"] < metrics["fid_untrained"]
+
+
 def test_gan_on_mnist(tmp_path, data_dir):
     metrics = execute("04_gan_training", tmp_path, dataset="mnist", train_size=10_000, epochs=4,
                       toy_steps=50, seeds=[0])
