@@ -442,9 +442,10 @@ def test_gan_quality_gates_at_defaults(tmp_path):
     # section 4, the same cosine schedule: the hinge loss covers every mode at >= 90 % on every seed
     # (probe: 8/8 at 93-95 %); WGAN-GP (lambda 0.1) covers every mode too, but its Lipschitz critic
     # pushes less sharply: its high quality is below the non-saturating run's beyond 2 s.e., paired
-    # over seeds (probe: 85-89 % against 93-96 %), which the text says; its critic's gap is a lower
-    # bound on the samples' exact W1 on every seed; spectral normalisation leaves the discriminator
-    # far flatter than its bound of 1 (the text's reason for its failures)
+    # over seeds (measured, its steps on half the batch: 83-87 % against 93-96 %), which the text
+    # says; its critic's gap is a lower bound on the samples' exact W1 on every seed; spectral
+    # normalisation leaves the discriminator far flatter than its bound of 1 (the text's reason
+    # for its failures)
     objectives = metrics["objectives"]
     hinge, wgan = objectives["hinge + cosine"], objectives["WGAN-GP + cosine"]
     reference = objectives["non-saturating + cosine (section 3)"]
