@@ -19,6 +19,7 @@ MNIST for time to quality is read from ``$SUPPORT_DATA_DIR`` (never downloaded):
 """
 
 from __future__ import annotations  # noqa: I001  (support before keras and tensorflow)
+# ruff: noqa: E402  (the imports below follow import_tensorflow() on purpose)
 
 import argparse
 import dataclasses
@@ -28,7 +29,9 @@ import time
 import traceback
 from pathlib import Path
 
-import support  # noqa: F401  (silences TensorFlow's start-up lines before it is imported)
+from support.notebook import import_tensorflow
+
+import_tensorflow()  # before keras and tensorflow: without their C++ start-up lines
 
 import series
 import throughput

@@ -27,6 +27,7 @@ size 128 (78 steps per epoch), 64 for the GAN (156 steps per epoch).
 """
 
 from __future__ import annotations  # noqa: I001  (support before keras and tensorflow)
+# ruff: noqa: E402  (the imports below follow import_tensorflow() on purpose)
 
 import argparse
 import datetime
@@ -38,7 +39,9 @@ import time
 
 import numpy as np
 
-import support  # noqa: F401  (silences TensorFlow's start-up lines before it is imported)
+from support.notebook import import_tensorflow
+
+import_tensorflow()  # before keras and tensorflow: without their C++ start-up lines
 import keras
 import tensorflow as tf
 

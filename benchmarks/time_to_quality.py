@@ -35,6 +35,7 @@ DCGAN is timed separately. MNIST is read from local files only (``$SUPPORT_DATA_
 """
 
 from __future__ import annotations  # noqa: I001  (support before keras and tensorflow)
+# ruff: noqa: E402  (the imports below follow import_tensorflow() on purpose)
 
 import argparse
 import dataclasses
@@ -47,16 +48,17 @@ from collections.abc import Callable
 
 import numpy as np
 
-import support  # noqa: F401  (silences TensorFlow's start-up lines before it is imported)
+from support.notebook import import_tensorflow
+
+import_tensorflow()  # before keras and tensorflow: without their C++ start-up lines
 import keras
+from throughput import header
 
 from support import data, metrics
 from support.models import classifier as scoring
 from support.models.gan import GAN, dcgan_discriminator, dcgan_generator, toy_gan
 from support.models.vae import VAE, train_vae
 from support.training import fit_resumable
-
-from throughput import header
 
 MNIST_SHAPE = (28, 28, 1)
 

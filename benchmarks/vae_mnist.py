@@ -16,6 +16,7 @@ files only (``$SUPPORT_DATA_DIR``); nothing downloads.
 """
 
 from __future__ import annotations  # noqa: I001  (support before keras and tensorflow)
+# ruff: noqa: E402  (the imports below follow import_tensorflow() on purpose)
 
 import argparse
 import datetime
@@ -27,7 +28,9 @@ import time
 
 import numpy as np
 
-import support  # noqa: F401  (silences TensorFlow's start-up lines before it is imported)
+from support.notebook import import_tensorflow
+
+import_tensorflow()  # before keras and tensorflow: without their C++ start-up lines
 
 from support import data
 from support.models.vae import VAE, train_vae

@@ -31,13 +31,16 @@ alternately, ``--trainings`` times (median wall time).
 """
 
 from __future__ import annotations  # noqa: I001  (support before keras and tensorflow)
+# ruff: noqa: E402  (the imports below follow import_tensorflow() on purpose)
 
 import argparse
 import statistics
 import sys
 import time
 
-import support  # noqa: F401  (silences TensorFlow's start-up lines before it is imported)
+from support.notebook import import_tensorflow
+
+import_tensorflow()  # before keras and tensorflow: without their C++ start-up lines
 
 from throughput import MODELS, WARMUP_STEPS, header, run_support, support_model, synthetic_images
 

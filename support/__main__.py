@@ -1,4 +1,4 @@
-"""Command line: ``python -m support {run,sweep,regenerate,badges,panel} ...`` (see ``--help``)."""
+"""Command line: ``python -m support {run,sweep,regenerate,normalise,badges,panel} ...`` (see ``--help``)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,18 @@ def _parser() -> argparse.ArgumentParser:
     regen.add_argument("notebooks", nargs="*", metavar="NOTEBOOK")
     regen.add_argument("--no-progress", action="store_true")
 
+    tidy = commands.add_parser(
+        "normalise",
+        help="write the parameters cells from the schemas and normalise the notebooks' metadata "
+        "(nothing is executed); --check only reports",
+        description="Bring each committed notebook in line: its parameters cell generated from "
+        "its schema in support/notebook.py, standard metadata, stable cell ids. With --check "
+        "nothing is written, and the command fails, naming each problem (also code cells not "
+        "executed in order, error outputs), when a notebook is out of step.",
+    )
+    tidy.add_argument("notebooks", nargs="*", metavar="NOTEBOOK")
+    tidy.add_argument("--check", action="store_true", help="report only; exit 1 on any problem")
+
     commands.add_parser(
         "badges", help="write each notebook's Colab badge and setup cell from pyproject.toml"
     )
@@ -96,6 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "regenerate":
             runner.regenerate(args.notebooks, progress=not args.no_progress)
             print(f"README picture: {runner.write_panel()}")
+        elif args.command == "normalise":
+            problems = runner.normalise_files(args.notebooks, check_only=args.check)
+            for path, found in problems.items():
+                for problem in found:
+                    print(f"{path.name}: {problem}", file=sys.stderr)
+            if problems:
+                return 1
+            print("notebooks " + ("checked" if args.check else "normalised") + ": all in order")
         elif args.command == "badges":
             changed = runner.write_badges()
             print(f"badges and setup cells up to date ({len(changed)} file(s) changed)")

@@ -27,7 +27,7 @@ import random
 import sys
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -176,52 +176,59 @@ def _parse_list(text: str):
         return text
 
 
-DATASET = Param(
-    "dataset", str, "digits", "the data set", choices=("digits", "mnist", "fashion_mnist")
-)
-SEED = Param("seed", int, 0, "seed of Python, NumPy and TensorFlow", low=0, high=2**31 - 1)
+DATASET = Param("dataset", str, "digits",
+    "data set: digits, mnist or fashion_mnist",
+    choices=("digits", "mnist", "fashion_mnist"))
+SEED = Param("seed", int, 0, "seed of Python, NumPy and TensorFlow", low=0, high=2147483647)
 LATENT_DIM = Param("latent_dim", int, 8, "size of the code z", low=1, high=256)
-BATCH_SIZE = Param("batch_size", int, 64, "examples per gradient step", low=1, high=60_000)
-TRAIN_SIZE = Param("train_size", int, 0, "first N training images (0: all)", low=0, high=60_000)
-RESULTS_DIR = Param(
-    "results_dir", str, "results", "folder where record() writes the metrics", kind="dir"
-)
-DETERMINISTIC = Param(
-    "deterministic", bool, False, "TensorFlow op determinism: identical reruns on one machine"
-)
-TENSORBOARD_DIR = Param(
-    "tensorboard_dir", str, "", "folder of TensorBoard logs of every training ('': off)",
-    kind="optional_dir",
-)
+BATCH_SIZE = Param("batch_size", int, 64, "examples per gradient step", low=1, high=60000)
+TRAIN_SIZE = Param("train_size", int, 0, "use the first N training images (0: all)", low=0, high=60000)
+RESULTS_DIR = Param("results_dir", str, "results",
+    "folder where run.record() writes this notebook's metrics (JSON)",
+    kind="dir")
+DETERMINISTIC = Param("deterministic", bool, False,
+    "TensorFlow op determinism: identical reruns on the same machine (can be slower)")
+TENSORBOARD_DIR = Param("tensorboard_dir", str, "",
+    "folder of TensorBoard logs of every training, for `tensorboard --logdir` (\"\": off)",
+    kind="optional_dir")
+
 
 SCHEMAS: dict[str, tuple[Param, ...]] = {
     "00_start_here": (
-        DATASET,
+        replace(DATASET, help="image data set to look at: digits, mnist or fashion_mnist"),
         Param("samples", int, 32, "images shown in the grid", low=1, high=200),
-        Param("mixture_samples", int, 2500, "points drawn from each 2-D mixture",
-              low=10, high=100_000),
+        Param("mixture_samples", int, 2500, "points drawn from each 2-D mixture", low=10, high=100000),
         SEED,
         DETERMINISTIC,
         RESULTS_DIR,
     ),
     "01_autoencoders": (
         DATASET,
-        Param("latent_dims", list, [2, 8, 32], "code sizes k of the nonlinear autoencoders",
+        Param("latent_dims", list, [2, 8, 32],
+              "code sizes k of the nonlinear autoencoders, compared with PCA",
               low=1, high=256),
-        Param("linear_dims", list, [2, 8, 16], "code sizes k of the linear autoencoder",
+        Param("linear_dims", list, [2, 8, 16],
+              "code sizes k of the linear autoencoder (section 4), compared with PCA",
               low=1, high=256),
-        TRAIN_SIZE,
-        Param("linear_epochs", int, 200, "passes over the data for the linear autoencoder",
+        replace(TRAIN_SIZE, help="use the first N training images (0: all), for quick runs on MNIST"),
+        Param("linear_epochs", int, 200,
+              "passes over the training set for the linear autoencoder",
               low=1, high=5000),
-        Param("linear_learning_rate", float, 0.01, "peak Adam rate of the linear autoencoder",
-              low=1e-6, high=1.0),
-        Param("epochs", int, 100, "passes for the dense and convolutional autoencoders",
+        Param("linear_learning_rate", float, 0.01,
+              "peak Adam learning rate of the linear autoencoder (cosine decay)",
+              low=1e-06, high=1.0),
+        Param("epochs", int, 100,
+              "passes over the training set for the dense and convolutional autoencoders",
               low=1, high=5000),
-        Param("learning_rate", float, 0.003, "their peak Adam rate", low=1e-6, high=1.0),
-        Param("sparsity", float, 1e-4, "weight of the L1 penalty on the sparse autoencoder's code",
+        Param("learning_rate", float, 0.003,
+              "their peak Adam learning rate (cosine decay)",
+              low=1e-06, high=1.0),
+        Param("sparsity", float, 0.0001,
+              "weight of the L1 penalty on the sparse autoencoder's code",
               low=0.0, high=10.0),
-        Param("anomaly_class", int, 8, "class left out of training in the anomaly-detection "
-              "experiment", low=0, high=9),
+        Param("anomaly_class", int, 8,
+              "class left out of training in the anomaly-detection experiment",
+              low=0, high=9),
         BATCH_SIZE,
         SEED,
         DETERMINISTIC,
@@ -233,15 +240,18 @@ SCHEMAS: dict[str, tuple[Param, ...]] = {
         LATENT_DIM,
         Param("epochs", int, 100, "passes over the training set", low=1, high=5000),
         BATCH_SIZE,
-        Param("learning_rate", float, 0.003, "peak Adam learning rate", low=1e-6, high=1.0),
-        Param("noise", float, 0.3, "corruption level of the denoising autoencoders", low=0.0,
-              high=1.0),
-        Param("small_train_size", int, 50, "training images of the overfitting experiment",
-              low=10, high=60_000),
-        Param("code_sizes", list, [2, 8, 32], "code sizes of the architecture sweep", low=1,
-              high=256),
-        Param("depths", list, [1, 2, 3], "hidden layers per side in the sweep", low=0, high=3),
-        Param("sweep_epochs", int, 50, "passes for each model of the sweep", low=1, high=5000),
+        Param("learning_rate", float, 0.003, "peak Adam learning rate", low=1e-06, high=1.0),
+        Param("noise", float, 0.3,
+              "corruption of the denoising autoencoders: Gaussian std and masked fraction",
+              low=0.0, high=1.0),
+        Param("small_train_size", int, 50,
+              "training images of the overfitting experiment",
+              low=10, high=60000),
+        Param("code_sizes", list, [2, 8, 32], "code sizes of the architecture sweep", low=1, high=256),
+        Param("depths", list, [1, 2, 3], "hidden layers per side in the architecture sweep", low=0, high=3),
+        Param("sweep_epochs", int, 50,
+              "passes over the training set for each model of the sweep",
+              low=1, high=5000),
         TRAIN_SIZE,
         SEED,
         DETERMINISTIC,
@@ -251,74 +261,86 @@ SCHEMAS: dict[str, tuple[Param, ...]] = {
     "03_vae_elbo": (
         DATASET,
         LATENT_DIM,
-        Param("encoder", str, "dense", "encoder and decoder type", choices=("dense", "conv")),
-        Param("widths", list, [128, 64], "hidden widths of the dense encoder", low=1,
-              high=4096),
-        Param("likelihood", str, "bernoulli", "the decoder's distribution p(x|z)",
+        Param("encoder", str, "dense", "encoder and decoder: dense or conv", choices=("dense", "conv")),
+        Param("widths", list, [128, 64],
+              "hidden widths of the dense encoder (the decoder mirrors them)",
+              low=1, high=4096),
+        Param("likelihood", str, "bernoulli",
+              "decoder p(x|z): bernoulli (binarized pixels) or gaussian (grey levels)",
               choices=("bernoulli", "gaussian")),
-        Param("binarization", str, "dynamic", "how images become black and white",
+        Param("binarization", str, "dynamic",
+              "dynamic (fresh coin flips every epoch) or static (one fixed draw)",
               choices=("dynamic", "static")),
-        Param("beta", float, 1.0, "weight of the KL term", low=0.0, high=100.0),
-        Param("kl_warmup_epochs", int, 20, "epochs of the KL warm-up (0: none)", low=0,
-              high=5000),
-        Param("epochs", int, 200, "passes over the training set", low=1, high=5000),
+        Param("beta", float, 1.0, "weight of the KL term; 1 is the ELBO", low=0.0, high=100.0),
+        Param("kl_warmup_epochs", int, 20,
+              "epochs over which the KL weight ramps up to beta (0: no warm-up)",
+              low=0, high=5000),
+        Param("epochs", int, 200, "passes over the training set for the main VAE", low=1, high=5000),
         BATCH_SIZE,
-        Param("learning_rate", float, 0.001, "Adam learning rate", low=1e-6, high=1.0),
-        Param("nll_samples", int, 5000, "importance samples k of the test NLL", low=1,
-              high=100_000),
-        Param("betas", list, [0.25, 0.5, 1.0, 2.0, 4.0], "KL weights of the sweep", low=0.0,
-              high=100.0, item=float),
-        Param("sweep_epochs", int, 60, "passes for each smaller comparison run", low=1,
-              high=5000),
-        Param("linear_epochs", int, 100, "passes for the linear-Gaussian VAE", low=1, high=5000),
-        Param("seeds", int, 3, "training seeds of each comparison over seeds", low=1, high=100),
-        Param("free_bits", float, 0.1, "free bits lambda (nats per code dimension) of the "
-              "posterior-collapse remedy", low=0.0, high=100.0),
-        Param("iwae_samples", list, [1, 5, 50], "k of the IWAE training comparison (1: the VAE)",
+        Param("learning_rate", float, 0.001, "Adam learning rate", low=1e-06, high=1.0),
+        Param("nll_samples", int, 5000,
+              "importance samples k of the test NLL (5000 is the paper protocol)",
+              low=1, high=100000),
+        Param("betas", list, [0.25, 0.5, 1.0, 2.0, 4.0],
+              "KL weights of the rate-distortion sweep",
+              low=0.0, high=100.0, item=float),
+        Param("sweep_epochs", int, 60,
+              "passes for each smaller run (2-D code, collapse remedies, IWAE, beta sweep)",
               low=1, high=5000),
-        Param("snr_samples", list, [1, 5, 50, 500], "k of the gradient signal-to-noise measurement",
-              low=1, high=100_000),
+        Param("linear_epochs", int, 100, "passes for the linear-Gaussian VAE of section 3", low=1, high=5000),
+        Param("seeds", int, 3,
+              "training seeds of each comparison over seeds (collapse remedies, IWAE)",
+              low=1, high=100),
+        Param("free_bits", float, 0.1,
+              "free bits lambda, nats per code dimension, of the second collapse remedy",
+              low=0.0, high=100.0),
+        Param("iwae_samples", list, [1, 5, 50],
+              "k of the IWAE trainings compared in section 7 (1: the VAE)",
+              low=1, high=5000),
+        Param("snr_samples", list, [1, 5, 50, 500],
+              "k at which the gradient signal-to-noise ratio is measured",
+              low=1, high=100000),
         TRAIN_SIZE,
-        Param("test_size", int, 0, "first N test images to score (0: all)", low=0, high=10_000),
-        Param("checkpoint_dir", str, "", "folder of checkpoints of the main VAE; a rerun resumes "
-              "('': off)", kind="optional_dir"),
-        Param("checkpoint_every", int, 500, "main VAE steps between checkpoints", low=1,
-              high=1_000_000),
+        Param("test_size", int, 0, "score the first N test images (0: all)", low=0, high=10000),
+        Param("checkpoint_dir", str, "",
+              "folder of checkpoints of the main VAE; rerunning with the same folder resumes (\"\": off)",
+              kind="optional_dir"),
+        Param("checkpoint_every", int, 500, "main VAE steps between checkpoints", low=1, high=1000000),
         SEED,
         DETERMINISTIC,
         TENSORBOARD_DIR,
         RESULTS_DIR,
     ),
     "04_gan_training": (
-        Param("dataset", str, "digits", "data set of the image GAN",
+        Param("dataset", str, "digits",
+              "data set of the image GAN: digits, mnist or fashion_mnist",
               choices=("digits", "mnist", "fashion_mnist")),
-        Param("toy", str, "ring8", "2-D mixture of the mode-collapse experiment",
+        Param("toy", str, "ring8",
+              "2-D mixture of the mode-collapse experiment: ring8 or grid25",
               choices=("ring8", "grid25")),
-        Param("loss", str, "non_saturating", "the GAN objective",
+        Param("loss", str, "non_saturating",
+              "GAN objective: non_saturating, minimax, hinge or wgan_gp",
               choices=("non_saturating", "minimax", "hinge", "wgan_gp")),
-        Param("spectral_norm", bool, False, "spectrally normalise the DCGAN's discriminator "
-              "(keras.layers.SpectralNormalization)"),
+        Param("spectral_norm", bool, False,
+              "spectrally normalise the DCGAN's discriminator (keras.layers.SpectralNormalization)"),
         Param("latent_dim", int, 32, "size of the DCGAN's noise z", low=1, high=512),
-        Param("d_steps", int, 1, "discriminator updates per generator update", low=1, high=20),
-        Param("epochs", int, 100, "passes over the training images for the DCGAN", low=1,
-              high=5000),
-        Param("toy_steps", int, 4000, "generator updates of each run on the 2-D mixture",
-              low=10, high=1_000_000),
-        BATCH_SIZE,
-        Param("toy_batch_size", int, 128, "points per step on the 2-D mixture", low=2,
-              high=100_000),
-        Param("learning_rate", float, 0.0005, "Adam rate of the DCGAN (both networks)",
-              low=1e-6, high=1.0),
-        Param("toy_learning_rate", float, 0.003, "peak Adam rate of the 2-D GANs", low=1e-6,
-              high=1.0),
-        Param("filters", int, 32, "width of the DCGAN (filters of its first conv layer)",
-              low=1, high=512),
-        Param("seeds", list, [0, 1, 2, 3, 4], "seeds of the runs on the 2-D mixture", low=0,
-              high=2**31 - 1),
-        Param("checkpoint_dir", str, "", "folder of DCGAN checkpoints; a rerun resumes ('': off)",
+        Param("d_steps", int, 1,
+              "discriminator updates per generator update (5 is usual for wgan_gp)",
+              low=1, high=20),
+        Param("epochs", int, 100, "passes over the training images for the DCGAN", low=1, high=5000),
+        Param("toy_steps", int, 4000,
+              "generator updates of each run on the 2-D mixture",
+              low=10, high=1000000),
+        replace(BATCH_SIZE, help="images per DCGAN step"),
+        Param("toy_batch_size", int, 128, "points per step on the 2-D mixture", low=2, high=100000),
+        Param("learning_rate", float, 0.0005, "Adam rate of the DCGAN (both networks)", low=1e-06, high=1.0),
+        Param("toy_learning_rate", float, 0.003, "peak Adam rate of the 2-D GANs", low=1e-06, high=1.0),
+        Param("filters", int, 32, "width of the DCGAN (filters of its first conv layer)", low=1, high=512),
+        Param("seeds", list, [0, 1, 2, 3, 4], "seeds of the runs on the 2-D mixture", low=0, high=2147483647),
+        Param("checkpoint_dir", str, "",
+              "folder of DCGAN checkpoints; rerunning with the same folder resumes (\"\": off)",
               kind="optional_dir"),
-        Param("checkpoint_every", int, 500, "DCGAN steps between checkpoints", low=1,
-              high=1_000_000),
+        Param("checkpoint_every", int, 500, "DCGAN steps between checkpoints", low=1, high=1000000),
         TRAIN_SIZE,
         SEED,
         DETERMINISTIC,
@@ -327,14 +349,15 @@ SCHEMAS: dict[str, tuple[Param, ...]] = {
     ),
     "05_comparison": (
         DATASET,
-        LATENT_DIM,
-        Param("epochs", int, 200, "passes for the autoencoder and the VAE", low=1, high=5000),
-        Param("gan_epochs", int, 300, "passes for the GAN", low=1, high=5000),
+        replace(LATENT_DIM, help="code size k, the same for the three models (the GAN's noise z)"),
+        Param("epochs", int, 200,
+              "passes over the training set for the autoencoder and the VAE",
+              low=1, high=5000),
+        Param("gan_epochs", int, 300, "passes over the training set for the GAN", low=1, high=5000),
         BATCH_SIZE,
-        Param("nll_samples", int, 1000, "importance samples k of the VAE's test NLL", low=1,
-              high=100_000),
+        Param("nll_samples", int, 1000, "importance samples k of the VAE's test NLL", low=1, high=100000),
         TRAIN_SIZE,
-        Param("test_size", int, 0, "first N test images to score (0: all)", low=0, high=10_000),
+        Param("test_size", int, 0, "score the first N test images (0: all)", low=0, high=10000),
         SEED,
         DETERMINISTIC,
         TENSORBOARD_DIR,
@@ -351,6 +374,18 @@ def schema(notebook: str) -> tuple[Param, ...]:
         raise ValueError(
             f"notebook {notebook!r} has no parameter schema; known: {', '.join(SCHEMAS)}"
         ) from None
+
+
+def parameters_source(notebook: str) -> str:
+    """The source of ``notebook``'s parameters cell, generated from its schema: one line
+    ``name: type = default  # help`` per parameter, the form ``papermill --help-notebook``
+    reads. The schema is the one source; ``python -m support normalise`` writes this text into
+    the notebook and ``normalise --check`` fails when the cell differs."""
+    def literal(value):
+        return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
+
+    return "\n".join(f"{p.name}: {p.type.__name__} = {literal(p.default)}  # {p.help}"
+                     for p in schema(notebook))
 
 
 def validate(notebook: str, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -404,6 +439,87 @@ def _injected_names(namespace: Mapping[str, Any]) -> set[str]:
     return names
 
 
+# --------------------------------------------------------------------------- TensorFlow start-up
+
+# The lines TensorFlow's C++ side writes to file descriptor 2 while it loads on a machine
+# without a GPU (or with one it was not built for): informational, and in a notebook they
+# would fill the first output. Any other line written while TensorFlow loads is kept.
+STARTUP_NOISE = (
+    "All log messages before absl::InitializeLog() is called are written to STDERR",
+    "Could not find cuda drivers on your machine",
+    "failed call to cuInit",
+    "This TensorFlow binary is optimized to use available CPU instructions",
+    "To enable the following instructions:",
+    "oneDNN custom operations are on",
+    "Unable to register cuDNN factory",
+    "Unable to register cuFFT factory",
+    "Unable to register cuBLAS factory",
+    "computation placer already registered",
+    "TF-TRT Warning: Could not find TensorRT",
+)
+
+
+class _NoRetracingWarning:
+    """A ``logging`` filter that drops TensorFlow's "triggered tf.function retracing" warning:
+    the notebooks build many small models on purpose, each traced once, which that warning
+    counts as retracing."""
+
+    def filter(self, record):
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+def import_tensorflow():
+    """Import TensorFlow for a notebook, without its C++ start-up lines; return the module.
+
+    TensorFlow writes those lines (CUDA drivers not found, CPU instructions, oneDNN) to file
+    descriptor 2 before its logging is configured, so no Python setting reaches them. While
+    TensorFlow loads and looks for devices, descriptor 2 goes to a temporary file; afterwards
+    the lines of :data:`STARTUP_NOISE` are dropped and every other line is written to
+    ``sys.stderr``. If the import fails, everything captured is written back before the error
+    is raised. Nothing else changes: no environment variable is set and TensorFlow's later
+    messages (its C++ errors included) appear as usual. ``SUPPORT_TF_VERBOSE=1`` keeps every
+    line. Only the notebook runtime calls this (:func:`start`); importing ``support`` never does.
+    """
+    if "tensorflow" in sys.modules or os.environ.get("SUPPORT_TF_VERBOSE"):
+        import tensorflow as tf
+
+        return tf
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real descriptor 2 (some embedded interpreters)
+        import tensorflow as tf
+
+        return tf
+    failed = True
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            # Looking for devices initialises the platforms now, inside the capture: without
+            # CUDA that is where TensorFlow logs "failed call to cuInit".
+            tf.config.list_physical_devices()
+            failed = False
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode("utf-8", errors="replace").splitlines(keepends=True)
+            kept = lines if failed else [line for line in lines
+                                          if not any(noise in line for noise in STARTUP_NOISE)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+    return tf
+
+
+def _quiet_retracing(tf) -> None:
+    logger = tf.get_logger()
+    if not any(isinstance(f, _NoRetracingWarning) for f in logger.filters):
+        logger.addFilter(_NoRetracingWarning())
+
+
 # --------------------------------------------------------------------------- seeds
 
 
@@ -434,6 +550,7 @@ class Run:
     notebook: str
     params: dict[str, Any]
     metrics: dict[str, Any] = field(default_factory=dict)
+    tensorboard: Any = None  # the open :class:`support.tensorboard_logs.Logs`, if tensorboard_dir is set
 
     def __getattr__(self, name):
         params = self.__dict__.get("params", {})
@@ -478,8 +595,10 @@ class Run:
 def start(notebook: str, namespace: Mapping[str, Any], deterministic: bool = False) -> Run:
     """Validate the parameters of ``notebook`` found in ``namespace`` (the notebook's
     ``globals()``), seed everything with ``seed`` (with op determinism when ``deterministic``
-    is passed here or is a true parameter), turn TensorBoard logging on or off from
-    ``tensorboard_dir`` (:mod:`support.tensorboard_logs`), set the figure defaults, return the run.
+    is passed here or is a true parameter), import TensorFlow without its start-up lines
+    (:func:`import_tensorflow`), open the notebook's TensorBoard logging block when
+    ``tensorboard_dir`` is set (:mod:`support.tensorboard_logs`; ``run.tensorboard``), set the
+    figure defaults, return the run.
 
     Raises ``ValueError`` naming the parameter for a bad value, and for a name that papermill
     injected but the notebook does not declare.
@@ -496,13 +615,25 @@ def start(notebook: str, namespace: Mapping[str, Any], deterministic: bool = Fal
     if missing:
         raise ValueError(f"the parameters cell of {notebook} does not define {missing[0]!r}.")
     values = validate(notebook, {p.name: namespace[p.name] for p in params})
+    _quiet_retracing(import_tensorflow())
     if "seed" in values:
         set_seed(values["seed"], deterministic=deterministic or values.get("deterministic", False))
-    from . import tensorboard_logs
+    run = Run(notebook, values)
+    global _notebook_logs
+    if _notebook_logs is not None:  # ``start`` run again in the same kernel
+        _notebook_logs.close()
+        _notebook_logs = None
+    if values.get("tensorboard_dir"):
+        from . import tensorboard_logs
 
-    tensorboard_logs.enable(values.get("tensorboard_dir") or None)
+        # The notebook's block of TensorBoard logging: open until the kernel ends (or the next
+        # ``start``), since a ``with`` statement cannot span cells.
+        _notebook_logs = run.tensorboard = tensorboard_logs.Logs(values["tensorboard_dir"]).__enter__()
     _figure_defaults()
-    return Run(notebook, values)
+    return run
+
+
+_notebook_logs = None  # the TensorBoard block the last ``start`` opened, if any
 
 
 def _figure_defaults():

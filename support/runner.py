@@ -10,6 +10,9 @@ Behind ``python -m support``:
   into ``results.csv`` and ``results.png`` (see :func:`sweep`);
 * ``regenerate [NOTEBOOK ...]`` re-executes the committed notebooks in place at their defaults
   and normalises them (metadata, cell ids, execution counts);
+* ``normalise [NOTEBOOK ...] [--check]`` writes each notebook's parameters cell from its
+  schema and normalises its metadata without executing it; ``--check`` changes nothing and
+  fails, listing the problems, when a notebook is out of step (the test suite runs it);
 * ``badges`` writes each notebook's Colab badge and setup cell from ``pyproject.toml``;
 * ``panel`` composes the README's picture, ``docs/series.png``, from the figures of the cells
   tagged ``readme-panel`` in the committed notebooks (see :func:`write_panel`).
@@ -635,6 +638,98 @@ def normalise(notebook) -> None:
     }
 
 
+def parameters_cell(notebook, name: str):
+    """The cell tagged ``parameters`` of ``notebook`` (named ``name`` in errors)."""
+    cells = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    if len(cells) != 1:
+        raise ValueError(f"{name}: {len(cells)} cells are tagged 'parameters'; tag exactly one "
+                         f"(the cell right after the notebook's title)")
+    return cells[0]
+
+
+def sync_parameters(notebook, name: str) -> bool:
+    """Write the parameters cell of ``notebook`` from its schema (:func:`support.notebook.
+    parameters_source`); ``True`` when it changed."""
+    cell = parameters_cell(notebook, name)
+    source = nb_runtime.parameters_source(name)
+    if cell.source == source:
+        return False
+    cell.source = source
+    return True
+
+
+def check(path: Path) -> list[str]:
+    """What ``normalise --check`` finds wrong with one committed notebook, as sentences: a
+    parameters cell out of step with its schema, metadata :func:`normalise` would change,
+    missing, duplicate or run-specific cell ids, code cells not executed in order (1, 2, 3, ...
+    from top to bottom, every code cell once), and error outputs. Empty when it is tidy."""
+    import copy
+
+    import nbformat
+
+    path = Path(path)
+    notebook = nbformat.read(path, as_version=4)
+    problems = []
+    try:
+        if parameters_cell(notebook, path.stem).source != nb_runtime.parameters_source(path.stem):
+            problems.append("its parameters cell differs from the schema in support/notebook.py "
+                            "(python -m support normalise writes it)")
+    except ValueError as error:
+        problems.append(str(error))
+    tidy = copy.deepcopy(notebook)
+    normalise(tidy)
+    if tidy.metadata != notebook.metadata:
+        problems.append("its notebook metadata is not the standard one (python -m support normalise)")
+    for index, (cell, clean) in enumerate(zip(notebook.cells, tidy.cells)):
+        if cell.metadata != clean.metadata:
+            extra = sorted(set(cell.metadata) ^ set(clean.metadata)) or sorted(cell.metadata)
+            problems.append(f"cell {index} has metadata normalise would change ({', '.join(extra)})")
+        for output in cell.get("outputs", []):
+            if "papermill" in output.get("metadata", {}):
+                problems.append(f"cell {index} has papermill output metadata")
+            if output.get("output_type") == "error":
+                problems.append(f"cell {index} shows an error: {output.get('ename')}")
+    # from the file itself: nbformat's reader silently renumbers repeated ids
+    ids = [cell.get("id") for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]]
+    if any(not i or i.startswith("papermill") for i in ids):
+        problems.append("some cells have no id or a run-specific papermill id (python -m support "
+                        "normalise gives stable ones)")
+    duplicates = sorted({i for i in ids if i and ids.count(i) > 1})
+    if duplicates:
+        problems.append(f"cell ids are repeated: {', '.join(duplicates)}")
+    counts = [cell.get("execution_count") for cell in notebook.cells if cell.cell_type == "code"]
+    if counts != list(range(1, len(counts) + 1)):
+        first = next(i for i, c in enumerate(counts) if c != i + 1)
+        problems.append(f"code cells are not executed in order (code cell {first} has execution "
+                        f"count {counts[first]}, expected {first + 1}); regenerate it with "
+                        f"python -m support regenerate {path.stem}")
+    return problems
+
+
+def normalise_files(specs: list[str] | None = None, check_only: bool = False) -> dict[Path, list[str]]:
+    """``python -m support normalise [--check]``: bring each committed notebook's parameters cell
+    in line with its schema and normalise its metadata, without executing anything (with
+    ``check_only``, change nothing). Returns ``{path: problems}`` of the notebooks that fail
+    the check: with ``check_only`` everything :func:`check` finds; otherwise only what
+    writing cannot fix (the execution order, error outputs: regenerate those)."""
+    import nbformat
+
+    found = {}
+    for path in [resolve(s) for s in specs] if specs else all_notebooks():
+        if not check_only:
+            notebook = nbformat.read(path, as_version=4)
+            before = nbformat.writes(notebook)
+            sync_parameters(notebook, path.stem)
+            normalise(notebook)
+            if nbformat.writes(notebook) != before:
+                nbformat.validate(notebook)
+                nbformat.write(notebook, path)
+        problems = check(path)
+        if problems:
+            found[path] = problems
+    return found
+
+
 def regenerate(specs: list[str] | None = None, progress: bool = True, stream=sys.stdout):
     """Re-execute committed notebooks in place at their default parameters, then normalise.
 
@@ -647,7 +742,12 @@ def regenerate(specs: list[str] | None = None, progress: bool = True, stream=sys
         tmp = path.with_name(f".{path.stem}.regenerating.ipynb")
         began = time.perf_counter()
         try:
-            execute(path, tmp, {}, progress=progress)
+            source = nbformat.read(path, as_version=4)
+            if sync_parameters(source, path.stem):  # run at the schema's defaults
+                nbformat.write(source, tmp)
+                execute(tmp, tmp, {}, progress=progress)
+            else:
+                execute(path, tmp, {}, progress=progress)
             executed = nbformat.read(tmp, as_version=4)
             normalise(executed)
             nbformat.validate(executed)

@@ -1,19 +1,24 @@
-"""TensorBoard logs of every training that ``support`` runs: scalars per epoch and sample images.
+"""TensorBoard logs of the trainings that ``support`` runs: scalars per epoch and sample images.
 
-Off by default. A notebook turns it on with its ``tensorboard_dir`` parameter
-(:func:`support.notebook.start` calls :func:`enable`); in your own code::
+Off unless switched on explicitly, for a block of code::
 
     from support import tensorboard_logs
-    tensorboard_logs.enable("logs")      # every later training writes under logs/
-    ...
+
+    with tensorboard_logs.logging_to("logs"):   # every training inside writes under logs/
+        ...
     # then, in a shell:  tensorboard --logdir logs
 
-While it is on, :func:`support.training.train_autoencoder`, :func:`~support.training.train_loop`,
+A notebook switches it on with its ``tensorboard_dir`` parameter: :func:`support.notebook.start`
+opens the block for the rest of the notebook's kernel (and closes the one an earlier ``start``
+in that kernel opened). Nothing else turns logging on, and importing this module changes nothing.
+
+Inside the block, :func:`support.training.train_autoencoder`, :func:`~support.training.train_loop`,
 :func:`~support.training.fit_resumable` and :func:`support.models.vae.train_vae` each add a
 :class:`TensorBoardLog` for the model they train, in a new run folder
 ``<log_dir>/<NN>-<ModelClass>[-<name>]`` (numbered in the order trainings start), so that each
 training is one run in TensorBoard's run selector. For a Keras ``fit`` of your own, pass
-``callbacks=tensorboard_logs.callbacks(model)`` (an empty list while logging is off).
+``callbacks=tensorboard_logs.callbacks(model)`` (an empty list outside a block), or, with no
+block at all, ``callbacks=logs.callbacks(model)`` of a ``logs = tensorboard_logs.Logs("logs")``.
 
 What a run holds:
 
@@ -34,45 +39,94 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-_state: dict = {"log_dir": None, "runs": 0}
-
 IMAGES_PER_TRAINING = 20  # image summaries per training, at most (plus one at the end)
 SAMPLES = 16
 RECONSTRUCTIONS = 8
 POINTS = 2500  # 2-D samples per density image, as in the VEEGAN protocol
 
-
-def enable(log_dir: str | os.PathLike | None) -> None:
-    """Write TensorBoard logs of every later training under ``log_dir`` (created when the
-    first training starts); ``None`` or ``""`` turns logging off."""
-    if log_dir is None or str(log_dir) == "":
-        disable()
-        return
-    path = Path(log_dir).expanduser()
-    if path.is_file():
-        raise ValueError(f"tensorboard_dir={str(log_dir)!r} is a file; give a folder path.")
-    _state.update(log_dir=path, runs=_next_run_number(path))
+# The open ``with`` blocks, innermost last. A plain list rather than a ``ContextVar``: a
+# notebook's block must outlive the cell that opened it, and the trainings of notebook 04 run
+# in worker threads, neither of which a context variable survives in every Jupyter kernel.
+_open: list[Logs] = []
+_lock = threading.Lock()
 
 
-def disable() -> None:
-    """Stop writing TensorBoard logs."""
-    _state.update(log_dir=None, runs=0)
+class Logs:
+    """One folder of TensorBoard runs; a context manager that logs every training inside it.
+
+    ``Logs(log_dir).callbacks(model)`` gives the callbacks of one new run without any block.
+    The folder is created when the first run starts; runs already there keep their numbers
+    and new ones continue after them, so a rerun adds runs and never mixes its events into an
+    old run's files.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike):
+        if log_dir is None or str(log_dir) == "":
+            raise ValueError("tensorboard log_dir is empty; give a folder path (e.g. 'logs').")
+        path = Path(log_dir).expanduser()
+        if path.is_file():
+            raise ValueError(f"tensorboard_dir={str(log_dir)!r} is a file; give a folder path.")
+        self.log_dir = path
+        self._next = _next_run_number(path)
+        self._lock = threading.Lock()
+
+    def __repr__(self):
+        return f"Logs({str(self.log_dir)!r})"
+
+    def callbacks(self, model: keras.Model, name: str | None = None,
+                  x=None) -> list[keras.callbacks.Callback]:
+        """``[TensorBoardLog(...)]`` writing to a new numbered run folder for ``model``.
+
+        ``x``: training examples; the first 8 become the fixed reconstruction images of a model
+        with ``encode``/``decode``, and for 2-D data they fix the extent of the density image.
+        """
+        with self._lock:
+            number = self._next
+            self._next += 1
+        label = type(model).__name__ + (f"-{name}" if name else "")
+        return [TensorBoardLog(self.log_dir / f"{number:02d}-{label}", x=x)]
+
+    def __enter__(self) -> Logs:
+        with _lock:
+            _open.append(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End this block (trainings after it no longer log here); closing twice is harmless."""
+        with _lock:
+            if self in _open:
+                _open.remove(self)
+
+
+def logging_to(log_dir: str | os.PathLike) -> Logs:
+    """``with logging_to("logs"):`` logs every training of ``support`` inside the block."""
+    return Logs(log_dir)
+
+
+def active() -> Logs | None:
+    """The innermost open block, or ``None`` outside every block (logging off)."""
+    with _lock:
+        return _open[-1] if _open else None
 
 
 def log_dir() -> Path | None:
-    """The folder logs go to, or ``None`` while logging is off."""
-    return _state["log_dir"]
+    """The folder of the innermost open block, or ``None`` while logging is off."""
+    logs = active()
+    return None if logs is None else logs.log_dir
 
 
 def _next_run_number(path: Path) -> int:
-    """Continue the numbering of runs already in ``path`` (a rerun adds runs, never mixes
-    its events into an old run's files)."""
+    """Continue the numbering of runs already in ``path``."""
     if not path.is_dir():
         return 0
     numbers = [int(p.name.split("-")[0]) for p in path.iterdir()
@@ -81,17 +135,10 @@ def _next_run_number(path: Path) -> int:
 
 
 def callbacks(model: keras.Model, name: str | None = None, x=None) -> list[keras.callbacks.Callback]:
-    """``[TensorBoardLog(...)]`` for a new run of ``model`` while logging is on, else ``[]``.
-
-    ``x``: training examples; the first 8 become the fixed reconstruction images of a model
-    with ``encode``/``decode``, and for 2-D data they fix the extent of the density image.
-    """
-    if _state["log_dir"] is None:
-        return []
-    number = _state["runs"]
-    _state["runs"] += 1
-    label = type(model).__name__ + (f"-{name}" if name else "")
-    return [TensorBoardLog(_state["log_dir"] / f"{number:02d}-{label}", x=x)]
+    """The callbacks of a new run of ``model`` in the innermost open block, or ``[]`` outside
+    every block; see :meth:`Logs.callbacks`."""
+    logs = active()
+    return [] if logs is None else logs.callbacks(model, name, x=x)
 
 
 def _enlarge(images: np.ndarray, at_least: int = 28) -> np.ndarray:

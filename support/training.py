@@ -23,8 +23,9 @@ for a budget of steps with ``tf.train.CheckpointManager`` checkpoints every N st
 with the same ``checkpoint_dir`` resumes at the checkpoint's step, on the batches of
 :func:`support.data.step_batches` that the uninterrupted run would have seen.
 
-While :func:`support.tensorboard_logs.enable` is on (a notebook's ``tensorboard_dir``), each of
-these trainings also writes TensorBoard scalars and images, one run per training.
+Inside a ``with support.tensorboard_logs.logging_to(dir):`` block (a notebook's
+``tensorboard_dir``), each of these trainings also writes TensorBoard scalars and images, one
+run per training.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 import types
@@ -253,3 +254,83 @@ def test_optional_folder_parameter(tmp_path):
     for bad in (" ", str(tmp_path / "file"), 3):
         with pytest.raises(ValueError, match="parameter checkpoint_dir="):
             param.check(bad)
+
+
+# --------------------------------------------------------------------------- no side effects on import
+
+
+def _python(code: str, extra_path=None) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter with TensorFlow's own logging defaults (the test
+    session's TF_CPP_MIN_LOG_LEVEL is not passed on)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "SUPPORT_TF_VERBOSE")}
+    env["PYTHONPATH"] = os.pathsep.join(str(p) for p in (extra_path, ROOT) if p)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=300)
+
+
+def test_importing_support_changes_nothing_in_the_process():
+    done = _python(
+        "import logging, os, sys\n"
+        "finders = list(sys.meta_path)\n"
+        "import support, support.notebook, support.data\n"
+        "assert 'tensorflow' not in sys.modules, 'support imported TensorFlow'\n"
+        "assert sys.meta_path == finders, sys.meta_path\n"
+        "import support.models, support.training\n"
+        "assert not [f for f in sys.meta_path if type(f).__module__.startswith('support')]\n"
+        "assert 'TF_CPP_MIN_LOG_LEVEL' not in os.environ\n"
+        "import tensorflow as tf\n"
+        "assert not tf.get_logger().filters, tf.get_logger().filters\n"
+        "from support import tensorboard_logs\n"
+        "assert tensorboard_logs.active() is None\n"
+        "print('clean')\n")
+    assert done.returncode == 0 and "clean" in done.stdout, done.stderr[-2000:]
+
+
+FAKE_TENSORFLOW = """
+import os
+os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n"
+            b"I0000 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.\\n"
+            b"E0000 loader.cc:1] {message}\\n")
+if {fail}:
+    raise ImportError("fake TensorFlow failed to load")
+
+
+class config:
+    @staticmethod
+    def list_physical_devices():
+        return []
+"""
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["loads", "fails"])
+def test_the_notebooks_tensorflow_import_drops_only_the_start_up_lines(tmp_path, fail):
+    """``notebook.import_tensorflow`` drops the known start-up lines, keeps any other line
+    written while TensorFlow loads, and writes everything back when the import fails."""
+    package = tmp_path / "tensorflow"
+    package.mkdir()
+    (package / "__init__.py").write_text(FAKE_TENSORFLOW.format(message="a real problem", fail=fail))
+    done = _python("from support import notebook\nnotebook.import_tensorflow()\nprint('imported')\n",
+                   extra_path=tmp_path)
+    assert "a real problem" in done.stderr
+    if fail:
+        assert done.returncode != 0 and "ImportError: fake TensorFlow failed to load" in done.stderr
+        assert "Could not find cuda drivers" in done.stderr  # nothing hidden when it fails
+    else:
+        assert done.returncode == 0 and "imported" in done.stdout, done.stderr
+        assert "Could not find cuda drivers" not in done.stderr and "absl" not in done.stderr
+
+
+def test_tensorflows_own_log_lines_still_reach_a_program_that_imports_support():
+    """Outside the notebook runtime TensorFlow's C++ log lines are untouched: ``support`` used
+    to send descriptor 2 to /dev/null while TensorFlow loaded and set TF_CPP_MIN_LOG_LEVEL=3 for
+    the whole process, which also dropped real C++ errors in a user's program."""
+    done = _python(
+        "import os\n"
+        "import support.models\n"
+        "import tensorflow as tf\n"
+        "tf.config.list_physical_devices()\n"
+        "print(os.environ.get('TF_CPP_MIN_LOG_LEVEL', 'unset'))\n")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "unset"
+    # the CPU wheel logs at least its CPU-features line (I...) at start-up, as it does without support
+    assert re.search(r"^[IWEF]\d{4} ", done.stderr, re.M), done.stderr

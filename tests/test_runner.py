@@ -5,7 +5,7 @@ import sys
 import nbformat
 import pytest
 
-from support import runner
+from support import notebook, runner
 
 from .conftest import NOTEBOOKS, ROOT
 
@@ -133,6 +133,71 @@ def test_normalise_hides_the_source_of_prose_cells_only():
     runner.normalise(nb)
     assert nb.cells[0].metadata == {"jupyter": {"source_hidden": True}, "cellView": "form"}
     assert nb.cells[1].metadata == {}
+
+
+def test_the_committed_notebooks_pass_the_normalise_check():
+    """What CI checks of every committed notebook: parameters cell generated from its schema,
+    standard metadata, stable unique ids, executed top to bottom, no error output."""
+    done = cli("normalise", "--check")
+    assert done.returncode == 0, done.stderr
+    assert "all in order" in done.stdout
+
+
+def test_every_parameters_cell_is_the_schemas_text():
+    for path in runner.all_notebooks():
+        cell = runner.parameters_cell(nbformat.read(path, as_version=4), path.stem)
+        assert cell.source == notebook.parameters_source(path.stem), path.name
+
+
+def _untidy_copy(tmp_path):
+    """A copy of 00_start_here, as committed, to spoil one way at a time."""
+    return nbformat.read(NOTEBOOKS / "00_start_here.ipynb", as_version=4), tmp_path / "00_start_here.ipynb"
+
+
+@pytest.mark.parametrize("spoil,expected", [
+    (lambda nb: setattr(runner.parameters_cell(nb, "00_start_here"), "source", "samples: int = 9  # n"),
+     "parameters cell differs from the schema"),
+    (lambda nb: nb.metadata.update(papermill={"duration": 3.0}), "notebook metadata is not the standard"),
+    (lambda nb: nb.cells[4].metadata.update(execution={"iopub.status.busy": "x"}),
+     "cell 4 has metadata normalise would change (execution)"),
+    (lambda nb: nb.cells[5].update(id=nb.cells[4]["id"]), "cell ids are repeated"),
+    (lambda nb: nb.cells[6].update(id="papermill-abc"), "run-specific papermill id"),
+    (lambda nb: [c for c in nb.cells if c.cell_type == "code"][3].update(execution_count=9),
+     "code cell 3 has execution count 9, expected 4"),
+    (lambda nb: [c for c in nb.cells if c.cell_type == "code"][2].update(execution_count=None),
+     "not executed in order"),
+])
+def test_normalise_check_names_each_problem_and_changes_nothing(tmp_path, spoil, expected):
+    nb, path = _untidy_copy(tmp_path)
+    spoil(nb)
+    path.write_text(json.dumps(nb, indent=1))  # as written by hand: nbformat.write would repair ids
+    before = path.read_bytes()
+    problems = runner.normalise_files([str(path)], check_only=True)
+    assert any(expected in problem for problem in problems[path]), problems
+    assert path.read_bytes() == before
+
+
+def test_normalise_writes_the_parameters_cell_and_metadata_but_not_the_execution(tmp_path):
+    nb, path = _untidy_copy(tmp_path)
+    runner.parameters_cell(nb, "00_start_here").source = "samples: int = 9  # n"
+    nb.metadata["papermill"] = {"duration": 3.0}
+    nb.cells[3].update(execution_count=99)
+    nbformat.write(nb, path)
+    problems = runner.normalise_files([str(path)])
+    fixed = nbformat.read(path, as_version=4)
+    cell = runner.parameters_cell(fixed, "00_start_here")
+    assert cell.source == notebook.parameters_source("00_start_here")
+    assert "papermill" not in fixed.metadata
+    assert [p for p in problems[path]] and all("executed in order" in p for p in problems[path])
+
+
+def test_normalise_check_fails_on_the_command_line_naming_the_notebook(tmp_path):
+    nb, path = _untidy_copy(tmp_path)
+    nb.metadata["papermill"] = {}
+    nbformat.write(nb, path)
+    done = cli("normalise", "--check", str(path))
+    assert done.returncode == 1
+    assert "00_start_here.ipynb: its notebook metadata is not the standard one" in done.stderr
 
 
 # --------------------------------------------------------------------------- sweeps

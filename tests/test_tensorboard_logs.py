@@ -1,5 +1,7 @@
 """TensorBoard logs (:mod:`support.tensorboard_logs`): every training of ``support`` writes
-scalars and images while logging is on, nothing while it is off, and never changes a result."""
+scalars and images inside a ``logging_to`` block, nothing outside one, and never changes a result."""
+
+import contextlib
 
 import keras
 import numpy as np
@@ -15,10 +17,10 @@ from support.models.vae import VAE, train_vae
 
 @pytest.fixture
 def logs(tmp_path):
-    """Logging on, into a fresh folder; off again after the test."""
-    tensorboard_logs.enable(tmp_path / "logs")
-    yield tmp_path / "logs"
-    tensorboard_logs.disable()
+    """Logging on, into a fresh folder, for the test's block; off again after it."""
+    with tensorboard_logs.logging_to(tmp_path / "logs"):
+        yield tmp_path / "logs"
+    assert tensorboard_logs.active() is None
 
 
 @pytest.fixture(scope="module")
@@ -94,20 +96,58 @@ def test_a_keras_fit_of_your_own_logs_through_callbacks(logs, digits):
     assert steps(tensorboard_logs.read_events(logs / runs(logs)[0]), "train", "loss") == [0, 1]
 
 
-def test_enabling_the_same_folder_again_continues_the_numbering(logs, digits):
+def test_a_new_block_on_the_same_folder_continues_the_numbering(logs, digits):
     x_train, _ = digits
     training.train_autoencoder(DenseAutoencoder((8, 8, 1), (16,), 2), x_train, epochs=1, batch_size=64)
-    tensorboard_logs.enable(logs)  # a rerun of the notebook in a new kernel
-    training.train_autoencoder(DenseAutoencoder((8, 8, 1), (16,), 2), x_train, epochs=1, batch_size=64)
+    with tensorboard_logs.logging_to(logs):  # a rerun of the notebook in a new kernel
+        training.train_autoencoder(DenseAutoencoder((8, 8, 1), (16,), 2), x_train, epochs=1, batch_size=64)
     assert runs(logs) == ["00-DenseAutoencoder", "01-DenseAutoencoder"]
+
+
+def test_blocks_nest_and_logging_stops_when_the_block_ends(tmp_path, digits):
+    x_train, _ = digits
+    outer, inner = tmp_path / "outer", tmp_path / "inner"
+
+    def train():
+        training.train_autoencoder(DenseAutoencoder((8, 8, 1), (16,), 2), x_train, epochs=1, batch_size=64)
+
+    with tensorboard_logs.logging_to(outer):
+        with tensorboard_logs.logging_to(inner):
+            train()
+        assert tensorboard_logs.log_dir() == outer
+        train()
+    assert tensorboard_logs.active() is None
+    train()
+    assert runs(inner) == ["00-DenseAutoencoder"] and runs(outer) == ["00-DenseAutoencoder"]
+
+
+def test_logs_without_a_block_log_only_the_fit_given_their_callbacks(tmp_path, digits):
+    x_train, _ = digits
+    logs = tensorboard_logs.Logs(tmp_path / "logs")
+    model = DenseAutoencoder((8, 8, 1), (16,), 2)
+    model.compile(optimizer="adam")
+    model.fit(x_train, epochs=1, batch_size=64, verbose=0, callbacks=logs.callbacks(model, x=x_train))
+    training.train_autoencoder(DenseAutoencoder((8, 8, 1), (16,), 2), x_train, epochs=1, batch_size=64)
+    assert tensorboard_logs.active() is None
+    assert runs(tmp_path / "logs") == ["00-DenseAutoencoder"]
+
+
+def test_a_notebook_start_opens_one_block_and_a_second_start_replaces_it(tmp_path):
+    from support import notebook
+
+    params = {p.name: p.default for p in notebook.schema("01_autoencoders")}
+    first = notebook.start("01_autoencoders", {**params, "tensorboard_dir": str(tmp_path / "a")})
+    assert first.tensorboard is not None and tensorboard_logs.log_dir() == tmp_path / "a"
+    second = notebook.start("01_autoencoders", {**params, "tensorboard_dir": str(tmp_path / "b")})
+    assert tensorboard_logs.log_dir() == tmp_path / "b" and second.tensorboard is not first.tensorboard
+    third = notebook.start("01_autoencoders", params)  # the default "": off
+    assert third.tensorboard is None and tensorboard_logs.active() is None
 
 
 def test_off_by_default_writes_nothing(tmp_path, digits):
     x_train, _ = digits
     assert tensorboard_logs.log_dir() is None
     assert tensorboard_logs.callbacks(DenseAutoencoder((8, 8, 1), (16,), 2)) == []
-    tensorboard_logs.enable("")  # the notebooks' default
-    assert tensorboard_logs.log_dir() is None
     training.train_autoencoder(DenseAutoencoder((8, 8, 1), (16,), 2), x_train, epochs=1, batch_size=64)
     assert list(tmp_path.iterdir()) == []
 
@@ -116,7 +156,7 @@ def test_a_file_is_refused_as_log_folder(tmp_path):
     path = tmp_path / "taken"
     path.write_text("")
     with pytest.raises(ValueError, match="tensorboard_dir=.*taken.* is a file"):
-        tensorboard_logs.enable(path)
+        tensorboard_logs.logging_to(path)
 
 
 def test_logging_does_not_change_the_training(tmp_path, digits):
@@ -128,17 +168,17 @@ def test_logging_does_not_change_the_training(tmp_path, digits):
     tf.config.experimental.enable_op_determinism()
     try:
         weights = []
-        for folder in (tmp_path / "logs", ""):
-            tensorboard_logs.enable(folder)
-            keras.utils.set_random_seed(0)
-            vae = VAE((8, 8, 1), 2, widths=(16,))
-            train_vae(vae, x_train, x_test, epochs=2, batch_size=64)
-            keras.utils.set_random_seed(0)
-            gan = toy_gan(width=16, depth=2, steps=20)
-            training.fit_resumable(gan, points, steps=20, batch_size=128, steps_per_epoch=5)
+        for logging_on in (True, False):
+            block = tensorboard_logs.logging_to(tmp_path / "logs") if logging_on else contextlib.nullcontext()
+            with block:
+                keras.utils.set_random_seed(0)
+                vae = VAE((8, 8, 1), 2, widths=(16,))
+                train_vae(vae, x_train, x_test, epochs=2, batch_size=64)
+                keras.utils.set_random_seed(0)
+                gan = toy_gan(width=16, depth=2, steps=20)
+                training.fit_resumable(gan, points, steps=20, batch_size=128, steps_per_epoch=5)
             weights.append([np.asarray(v) for v in vae.weights + gan.weights])
     finally:
-        tensorboard_logs.disable()
         if not was_enabled:
             tf_config.disable_op_determinism()
     assert runs(tmp_path / "logs") == ["00-VAE", "01-GAN"]
