@@ -57,8 +57,8 @@ from throughput import header
 from support import data, metrics
 from support.models import classifier as scoring
 from support.models.gan import GAN, dcgan_discriminator, dcgan_generator, toy_gan
-from support.models.vae import VAE, train_vae
-from support.training import fit_resumable
+from support.models.vae import VAE
+from support.training import fit_resumable, train_vae
 
 MNIST_SHAPE = (28, 28, 1)
 

@@ -3,7 +3,7 @@
 Notebook 03 sets its figures beside Burda et al. (2016, Table 1). At its defaults it runs on the
 digits, so its own MNIST row comes from here: a dense Bernoulli VAE with Burda et al.'s
 one-stochastic-layer sizes (two hidden layers of 200 units, a 50-d code; ReLU here, tanh there),
-trained with :func:`support.models.vae.train_vae` on the 60,000 dynamically binarized training
+trained with :func:`support.training.train_vae` on the 60,000 dynamically binarized training
 images (Adam, batch 100, a 20-epoch KL warm-up as in notebook 03), then scored by
 :meth:`VAE.importance_sampled_nll` with ``k = 5000`` importance samples on all 10,000 test images,
 binarized once (seed 1, as the notebook does). ``--samples k`` trains an IWAE instead.
@@ -33,7 +33,8 @@ from support.notebook import import_tensorflow
 import_tensorflow()  # before keras and tensorflow: without their C++ start-up lines
 
 from support import data
-from support.models.vae import VAE, train_vae
+from support.models.vae import VAE
+from support.training import train_vae
 
 OUT = pathlib.Path(__file__).parent / "results" / "vae_mnist.json"
 

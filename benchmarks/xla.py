@@ -107,7 +107,8 @@ def notebook_training(name: str, jit_compile, epochs: int) -> float:
     from support import data, training
     from support.models.autoencoders import DenseAutoencoder
     from support.models.gan import GAN, dcgan_discriminator, dcgan_generator
-    from support.models.vae import VAE, train_vae
+    from support.models.vae import VAE
+    from support.training import train_vae
 
     x, _ = data.load("digits", "train")
     shape, batch_size = x.shape[1:], 64

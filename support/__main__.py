@@ -14,7 +14,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the Generative Objectives notebooks and collect their results.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    _run_parser(commands)
+    _sweep_parser(commands)
+    _maintenance_parsers(commands)
+    return parser
 
+
+def _run_parser(commands) -> None:
     run = commands.add_parser(
         "run",
         help="execute notebooks with papermill and print one table of their recorded metrics",
@@ -33,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="notebooks run at once, each in its own kernel (default: 2 with two or "
                      "more CPUs, else 1); papermill's progress bar shows only with 1")
 
+
+def _sweep_parser(commands) -> None:
     sweep = commands.add_parser(
         "sweep",
         help="execute one notebook over a grid of parameter values and collect the results",
@@ -55,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--no-progress", action="store_true",
                        help="print no line per run and no papermill progress bar")
 
+
+def _maintenance_parsers(commands) -> None:
+    """regenerate, normalise, badges and panel: the commands that keep the committed notebooks."""
     regen = commands.add_parser(
         "regenerate",
         help="re-execute the committed notebooks in place at their defaults and normalise them, "
@@ -86,7 +97,6 @@ def _parser() -> argparse.ArgumentParser:
         "two panels a row. Reads the notebooks only: nothing is executed.",
     )
     panel.add_argument("--out", default=None, help="the file to write (default: docs/series.png)")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

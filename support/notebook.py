@@ -77,62 +77,77 @@ class Param:
     def check(self, value: Any) -> Any:
         """Return ``value`` (ints widened to float for float parameters) or raise a
         ``ValueError`` naming the parameter, the value and what is allowed."""
-
-        given = value
-
-        def fail(why=""):
+        try:
+            checked = self._coerce(value)
+            if self.type is not list:
+                self._check_value(checked)
+        except _Refused as refused:
             raise ValueError(
-                f"parameter {self.name}={given!r} is not allowed{why}: "
+                f"parameter {self.name}={value!r} is not allowed{refused.why}: "
                 f"{self.name} must be {self.allowed()} ({self.help})."
-            )
+            ) from None
+        return checked
 
+    def _coerce(self, value: Any) -> Any:
+        """``value`` as this parameter's type, or :class:`_Refused`."""
         is_int = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
         if self.type is bool:
             if not isinstance(value, (bool, np.bool_)):
-                fail()
-            value = bool(value)
-        elif self.type is int:
+                raise _Refused()
+            return bool(value)
+        if self.type is int:
             if not is_int:
-                fail()
-            value = int(value)
-        elif self.type is float:
+                raise _Refused()
+            return int(value)
+        if self.type is float:
             if not (is_int or isinstance(value, (float, np.floating))):
-                fail()
-            value = float(value)
-            if not math.isfinite(value):
-                fail(" (not finite)")
-        elif self.type is str:
-            if not isinstance(value, str):
-                fail()
-        elif self.type is list:
-            if isinstance(value, str):  # papermill's -p passes "[2, 8]" as text
-                value = _parse_list(value)
-            if not isinstance(value, (list, tuple)) or not value:
-                fail()
-            kinds = (int, np.integer, float, np.floating) if self.item is float else (int, np.integer)
-            for item in value:
-                ok = isinstance(item, kinds) and not isinstance(item, (bool, np.bool_))
-                if not ok or not self._in_range(item) or not math.isfinite(item):
-                    fail(f" (element {item!r})")
-            return [self.item(v) for v in value]
+                raise _Refused()
+            if not math.isfinite(float(value)):
+                raise _Refused(" (not finite)")
+            return float(value)
+        if self.type is list:
+            return self._coerce_list(value)
+        if not isinstance(value, str):
+            raise _Refused()
+        return value
+
+    def _coerce_list(self, value: Any) -> list:
+        if isinstance(value, str):  # papermill's -p passes "[2, 8]" as text
+            value = _parse_list(value)
+        if not isinstance(value, (list, tuple)) or not value:
+            raise _Refused()
+        kinds = (int, np.integer, float, np.floating) if self.item is float else (int, np.integer)
+        for item in value:
+            ok = isinstance(item, kinds) and not isinstance(item, (bool, np.bool_))
+            if not ok or not self._in_range(item) or not math.isfinite(item):
+                raise _Refused(f" (element {item!r})")
+        return [self.item(v) for v in value]
+
+    def _check_value(self, value: Any) -> None:
+        """Choices, range and, for folders, that they can be written; :class:`_Refused` if not."""
         if self.choices is not None and value not in self.choices:
-            fail()
+            raise _Refused()
         if self.type in (int, float) and not self._in_range(value):
-            fail()
-        if self.kind == "optional_dir" and value == "":
-            return value
-        if self.kind in ("dir", "optional_dir"):
+            raise _Refused()
+        if self.kind == "dir" or (self.kind == "optional_dir" and value != ""):
             if not value.strip():
-                fail(" (empty)")
+                raise _Refused(" (empty)")
             if Path(value).expanduser().is_file():
-                fail(" (it is a file)")
+                raise _Refused(" (it is a file)")
             problem = _unwritable(Path(value).expanduser())
             if problem:
-                fail(f" ({problem}; choose a folder you can write to)")
-        return value
+                raise _Refused(f" ({problem}; choose a folder you can write to)")
 
     def _in_range(self, value) -> bool:
         return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+
+
+class _Refused(Exception):
+    """A parameter's value is not allowed; ``why`` is the detail added to the message."""
+
+    def __init__(self, why: str = ""):
+        super().__init__(why)
+        self.why = why
 
 
 def _unwritable(folder: Path) -> str:

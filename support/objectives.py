@@ -429,3 +429,19 @@ def replica_mean(values):
     total = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
     share = tf.reduce_sum(values) / total
     return share, share * replicas
+
+
+def step_logs(metrics) -> dict:
+    """What a ``train_step`` / ``test_step`` returns: each tracker's ``result()`` by name.
+
+    Under ``MultiWorkerMirroredStrategy``, Keras 3 (3.15 here) reduces every returned value with
+    ``strategy.reduce("MEAN", value, axis=0)``, which fails on a scalar ("Invalid reduction
+    dimension 0 for input with 0 dimensions", tensorflow/tensorflow#72388). There each value gets
+    a leading axis of length 1, so that this reduce yields the scalar mean over the workers;
+    everywhere else the scalars are returned as they are.
+    """
+    logs = {metric.name: metric.result() for metric in metrics}
+    strategy = tf.distribute.get_strategy()
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
+        strategy.extended._in_multi_worker_mode())
+    return {name: tf.reshape(value, (1,)) for name, value in logs.items()} if multi_worker else logs

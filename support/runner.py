@@ -165,6 +165,26 @@ def _check_jobs(jobs) -> int:
     return jobs
 
 
+def _run_plans(specs, given: dict[str, Any]) -> list[tuple[Path, dict[str, Any]]]:
+    """Each notebook to run with its checked parameters; every check before the first run."""
+    paths = [resolve(s) for s in specs] if specs else all_notebooks()
+    if not paths:
+        raise ValueError(f"no notebooks found in {notebooks_dir()}")
+    unknown = set(given)
+    plans = []
+    for path in paths:
+        unknown -= {p.name for p in nb_runtime.schema(path.stem)}
+        try:
+            plans.append((path, parameters_for(path, given)))
+        except ValueError as exc:
+            raise ValueError(f"{path.stem}: {exc}") from None
+    if unknown:
+        raise ValueError(
+            f"unknown parameter {sorted(unknown)[0]!r}: no notebook run here declares it."
+        )
+    return plans
+
+
 def run(
     specs: list[str] | None = None,
     given: dict[str, Any] | None = None,
@@ -187,22 +207,7 @@ def run(
 
     jobs = default_jobs() if jobs is None else _check_jobs(jobs)
     given = dict(given or {})
-    paths = [resolve(s) for s in specs] if specs else all_notebooks()
-    if not paths:
-        raise ValueError(f"no notebooks found in {notebooks_dir()}")
-    unknown = set(given)
-    plans = []
-    for path in paths:
-        declared = {p.name for p in nb_runtime.schema(path.stem)}
-        unknown -= declared
-        try:
-            plans.append((path, parameters_for(path, given)))
-        except ValueError as exc:
-            raise ValueError(f"{path.stem}: {exc}") from None
-    if unknown:
-        raise ValueError(
-            f"unknown parameter {sorted(unknown)[0]!r}: no notebook run here declares it."
-        )
+    plans = _run_plans(specs, given)
     out = Path(out).resolve()
     results = out / "results"
     results.mkdir(parents=True, exist_ok=True)
@@ -664,11 +669,14 @@ def check(path: Path) -> list[str]:
     missing, duplicate or run-specific cell ids, code cells not executed in order (1, 2, 3, ...
     from top to bottom, every code cell once), and error outputs. Empty when it is tidy."""
     import copy
+    import warnings
 
     import nbformat
 
     path = Path(path)
-    notebook = nbformat.read(path, as_version=4)
+    with warnings.catch_warnings():  # nbformat warns of repeated ids as it repairs them; we name them
+        warnings.simplefilter("ignore", nbformat.warnings.DuplicateCellId)
+        notebook = nbformat.read(path, as_version=4)
     problems = []
     try:
         if parameters_cell(notebook, path.stem).source != nb_runtime.parameters_source(path.stem):

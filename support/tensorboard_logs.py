@@ -13,7 +13,7 @@ opens the block for the rest of the notebook's kernel (and closes the one an ear
 in that kernel opened). Nothing else turns logging on, and importing this module changes nothing.
 
 Inside the block, :func:`support.training.train_autoencoder`, :func:`~support.training.train_loop`,
-:func:`~support.training.fit_resumable` and :func:`support.models.vae.train_vae` each add a
+:func:`~support.training.fit_resumable` and :func:`support.training.train_vae` each add a
 :class:`TensorBoardLog` for the model they train, in a new run folder
 ``<log_dir>/<NN>-<ModelClass>[-<name>]`` (numbered in the order trainings start), so that each
 training is one run in TensorBoard's run selector. For a Keras ``fit`` of your own, pass

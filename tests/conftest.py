@@ -64,6 +64,8 @@ SLOW_TESTS = {
     "test_toy_gans.py": {"test_set_ups_trained_together_train_as_they_do_alone"},
     "test_notebook.py": {"test_importing_support_changes_nothing_in_the_process",  # fresh TF imports
                          "test_tensorflows_own_log_lines_still_reach_a_program_that_imports_support"},
+    "test_hygiene.py": {"test_each_module_of_support_imports_alone"},  # a fresh interpreter each
+    "test_multi_worker.py": {"test_two_worker_processes_train_the_vae_like_one_process"},
     "test_tensorboard_logs.py": {"test_logging_does_not_change_the_training",
                                  "test_every_training_function_logs_its_own_numbered_run"},
 }

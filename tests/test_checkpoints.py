@@ -263,7 +263,7 @@ def test_train_vae_with_checkpoint_dir_resumes_to_the_uninterrupted_result(deter
     """Notebook 03's path: ``train_vae(..., checkpoint_dir=...)`` interrupted in its second
     epoch, then called again on a freshly built model (a new kernel), ends bit for bit where
     an uninterrupted call ends."""
-    from support.models.vae import train_vae
+    from support.training import train_vae
 
     x_train, _ = data.load("digits", "train")  # 22 steps of 64 per epoch
     x_val = data.binarize(x_train[:128], seed=2)

@@ -1,5 +1,7 @@
-"""Project hygiene: lint, and every model of `support` round-trips through `.keras`."""
+"""Project hygiene: lint, short functions, imports that point one way, and every model of
+`support` round-trips through `.keras`."""
 
+import ast
 import subprocess
 import sys
 
@@ -19,6 +21,89 @@ def test_ruff_is_clean_on_the_package_the_tests_and_the_notebooks():
     done = subprocess.run([sys.executable, "-m", "ruff", "check", "support", "tests", "notebooks"],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+PACKAGE = ROOT / "support"
+MAX_FUNCTION_LINES = 60  # of code: the docstring is not counted
+
+
+def _modules() -> dict[str, ast.Module]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found[name] = ast.parse(path.read_text(), filename=str(path))
+    return found
+
+
+def _code_lines(function) -> int:
+    lines = function.end_lineno - function.lineno + 1
+    first = function.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(
+            first.value.value, str):
+        lines -= first.end_lineno - first.lineno + 1
+    return lines
+
+
+def test_no_function_in_support_is_longer_than_sixty_lines_of_code():
+    long = [f"{module}.{node.name}: {_code_lines(node)} lines"
+            for module, tree in _modules().items() for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and _code_lines(node) > MAX_FUNCTION_LINES]
+    assert not long, "split these into named parts:\n" + "\n".join(long)
+
+
+def _imports(module: str, tree: ast.Module, known) -> set[str]:
+    """The modules of `support` that ``module`` imports, at its top or inside a function."""
+    package = module if (PACKAGE / module.replace("support.", "", 1).replace(".", "/")).is_dir() \
+        else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]
+                                + ([base] if base else []))
+            names = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+        else:
+            continue
+        found |= {name for name in names if name in known and name != module}
+    return found
+
+
+def test_imports_inside_support_point_one_way_and_form_no_cycle():
+    modules = _modules()
+    graph = {module: _imports(module, tree, modules) for module, tree in modules.items()}
+    # models and objectives never reach back into training (the cycle this layout removed)
+    for module, targets in graph.items():
+        if module.startswith(("support.models", "support.objectives", "support.data")):
+            assert not {t for t in targets if t.startswith("support.training")}, (module, targets)
+    # no cycle among submodules (a package's __init__ importing its own parts is not one)
+    state = {}
+
+    def visit(module, path):
+        state[module] = "open"
+        for target in graph[module]:
+            if target.startswith(module + "."):
+                continue
+            if state.get(target) == "open" and not module.startswith(target + "."):
+                raise AssertionError("import cycle: " + " -> ".join([*path, module, target]))
+            if target not in state:
+                visit(target, [*path, module])
+        state[module] = "done"
+
+    for module in graph:
+        if module not in state:
+            visit(module, [])
+
+
+@pytest.mark.parametrize("module", sorted(_modules()))
+def test_each_module_of_support_imports_alone(module):
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def _trained_a_little(model, x):

@@ -12,7 +12,8 @@ from tensorflow.python.framework import config as tf_config
 from support import data, tensorboard_logs, training
 from support.models.autoencoders import DenseAutoencoder
 from support.models.gan import toy_gan
-from support.models.vae import VAE, train_vae
+from support.models.vae import VAE
+from support.training import train_vae
 
 
 @pytest.fixture

@@ -48,6 +48,15 @@ def positive_int(value, name):
     return int(value)
 
 
+def standard_normal(n: int, dim: int, seed: int | None = None):
+    """``[n, dim]`` draws of ``N(0, I)``: repeatable (stateless) with a ``seed``, from
+    TensorFlow's global generator with ``None``; the prior draws of the GAN and the VAE."""
+    shape = (positive_int(n, "n"), dim)
+    if seed is None:
+        return tf.random.normal(shape)
+    return tf.random.stateless_normal(shape, seed=(int(seed), 0))
+
+
 def check_widths(value, name):
     if not isinstance(value, (tuple, list)):
         raise ValueError(f"{name}={value!r} must be a tuple of positive integers.")
@@ -215,11 +224,17 @@ class Autoencoder(keras.Model):
         gradients = tape.gradient(loss, self.trainable_weights)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_weights))
         self.loss_tracker.update_state(report)
-        return {"loss": self.loss_tracker.result()}
+        return objectives.step_logs([self.loss_tracker])
 
     def test_step(self, data):
         self.loss_tracker.update_state(self._loss(data, training=False)[1])
-        return {"loss": self.loss_tracker.result()}
+        return objectives.step_logs([self.loss_tracker])
+
+    def _shared_config(self) -> dict:
+        """The constructor arguments every autoencoder here has, for ``get_config``."""
+        return {"code_l1": self.code_l1, "input_shape": self.image_shape, "latent_dim": self.latent_dim,
+                "code_activation": self.code_activation, "hidden_activation": self.hidden_activation,
+                "output_activation": self.output_activation}
 
 
 @keras.saving.register_keras_serializable(package="support")
@@ -286,18 +301,8 @@ class DenseAutoencoder(Autoencoder):
         )
 
     def get_config(self):
-        config = super().get_config()
-        config.update(
-            code_l1=self.code_l1,
-            input_shape=self.image_shape,
-            widths=self.widths,
-            latent_dim=self.latent_dim,
-            code_activation=self.code_activation,
-            hidden_activation=self.hidden_activation,
-            output_activation=self.output_activation,
-            linear=self.linear,
-        )
-        return config
+        return {**super().get_config(), **self._shared_config(), "widths": self.widths,
+                "linear": self.linear}
 
 
 @keras.saving.register_keras_serializable(package="support")
@@ -347,17 +352,7 @@ class ConvAutoencoder(Autoencoder):
         )
 
     def get_config(self):
-        config = super().get_config()
-        config.update(
-            code_l1=self.code_l1,
-            input_shape=self.image_shape,
-            filters=self.filters,
-            latent_dim=self.latent_dim,
-            code_activation=self.code_activation,
-            hidden_activation=self.hidden_activation,
-            output_activation=self.output_activation,
-        )
-        return config
+        return {**super().get_config(), **self._shared_config(), "filters": self.filters}
 
 
 def decoder_matrix(model: DenseAutoencoder) -> tuple[np.ndarray, np.ndarray]:

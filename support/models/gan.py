@@ -43,7 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 from support import objectives
-from support.models.autoencoders import check_shape, positive_int
+from support.models.autoencoders import check_shape, positive_int, standard_normal
 
 LOSSES = ("non_saturating", "minimax", "hinge", "wgan_gp")
 RAW_OUTPUTS = ("hinge", "wgan_gp")  # losses whose discriminator outputs are not logits
@@ -305,12 +305,7 @@ class GAN(keras.Model):
     def sample(self, n: int, seed: int | None = None):
         """``n`` samples ``G(z)``, ``z ~ N(0, I)``; ``seed`` makes the draw repeatable
         (stateless), ``None`` uses TensorFlow's global generator."""
-        n = positive_int(n, "n")
-        shape = (n, self.latent_dim)
-        if seed is None:
-            z = tf.random.normal(shape)
-        else:
-            z = tf.random.stateless_normal(shape, seed=(int(seed), 0))
+        z = standard_normal(n, self.latent_dim, seed)
         return self.generator(z, training=False)
 
     # ------------------------------------------------------------------ training
@@ -384,4 +379,4 @@ class GAN(keras.Model):
         self.g_loss_tracker.update_state(g_loss)
         self.d_real_tracker.update_state(objectives.replica_mean(tf.reshape(real_out, [-1]))[1])
         self.d_fake_tracker.update_state(objectives.replica_mean(tf.reshape(fake_out, [-1]))[1])
-        return {m.name: m.result() for m in self.metrics}
+        return objectives.step_logs(self.metrics)

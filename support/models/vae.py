@@ -57,6 +57,7 @@ from support.models.autoencoders import (
     dense_decoder,
     dense_encoder,
     positive_int,
+    standard_normal,
 )
 
 ENCODERS = ("dense", "conv", "linear")
@@ -162,20 +163,10 @@ class VAE(keras.Model):
         self.likelihood = _choice(likelihood, LIKELIHOODS, "likelihood")
         self.initial_sigma = _positive_float(sigma, "sigma")
         self.learn_sigma = bool(learn_sigma)
-        if self.learn_sigma and self.likelihood != "gaussian":
-            raise ValueError(
-                "learn_sigma=True needs likelihood='gaussian'; a Bernoulli likelihood has no sigma."
-            )
         self.target_beta = _positive_float(beta, "beta", allow_zero=True)
         self.samples = positive_int(samples, "samples")
         self.free_bits = _positive_float(free_bits, "free_bits", allow_zero=True)
-        if self.free_bits and self.samples > 1:
-            raise ValueError(
-                f"free_bits={free_bits} with samples={samples}: free bits change the ELBO's KL "
-                "term, which the importance-weighted bound does not have; use one or the other."
-            )
-        if "conv" in (self.encoder_type, self.decoder_type):
-            check_conv_shape(self.image_shape, self.filters)
+        self._check_combination()
         self.encoder = self._build_encoder()
         self.decoder = self._build_decoder()
         self.beta = self.add_weight(
@@ -197,6 +188,20 @@ class VAE(keras.Model):
         # Every variable exists now (the Sequentials start with an Input): marking the model
         # built lets `.keras` files restore weights and optimizer state without a first call.
         self.built = True
+
+    def _check_combination(self) -> None:
+        """Refuse settings that are each valid but do not go together."""
+        if self.learn_sigma and self.likelihood != "gaussian":
+            raise ValueError(
+                "learn_sigma=True needs likelihood='gaussian'; a Bernoulli likelihood has no sigma."
+            )
+        if self.free_bits and self.samples > 1:
+            raise ValueError(
+                f"free_bits={self.free_bits} with samples={self.samples}: free bits change the ELBO's "
+                "KL term, which the importance-weighted bound does not have; use one or the other."
+            )
+        if "conv" in (self.encoder_type, self.decoder_type):
+            check_conv_shape(self.image_shape, self.filters)
 
     # ------------------------------------------------------------------ architecture
 
@@ -293,12 +298,7 @@ class VAE(keras.Model):
         """Decode ``n`` codes ``z ~ p(z) = N(0, I)``: means of ``p(x|z)``, ``[n, h, w, c]``.
         ``seed`` makes the draw repeatable (stateless); ``None`` uses TensorFlow's global
         generator."""
-        n = positive_int(n, "n")
-        shape = (n, self.latent_dim)
-        if seed is None:
-            z = tf.random.normal(shape)
-        else:
-            z = tf.random.stateless_normal(shape, seed=(int(seed), 0))
+        z = standard_normal(n, self.latent_dim, seed)
         return self.decode(z)
 
     # ------------------------------------------------------------------ training
@@ -377,7 +377,7 @@ class VAE(keras.Model):
         self.loss_tracker.update_state(loss)
         self.reconstruction_tracker.update_state(reconstruction)
         self.kl_tracker.update_state(kl)
-        return {m.name: m.result() for m in self.metrics}
+        return objectives.step_logs(self.metrics)
 
     @property
     def metrics(self):
@@ -779,77 +779,3 @@ def kl_gaussians(mean_q, var_q, mean_p, cov_p) -> np.ndarray:
     difference = mean_p - mean_q
     mahalanobis = np.einsum("ni,nij,nj->n", difference, inverse, difference)
     return 0.5 * (trace + mahalanobis - k + log_det_p - np.sum(np.log(var_q), axis=1))
-
-
-def train_vae(
-    model: VAE,
-    x_train,
-    x_val=None,
-    *,
-    epochs: int = 100,
-    batch_size: int = 64,
-    learning_rate: float = 1e-3,
-    binarization: str = "dynamic",
-    warmup_epochs: int = 0,
-    validation_freq: int = 1,
-    seed: int = 0,
-    checkpoint_dir=None,
-    checkpoint_every: int | None = None,
-    verbose: int = 0,
-    callbacks=(),
-    jit_compile="auto",
-) -> keras.callbacks.History:
-    """Train a VAE with Adam on ``x_train`` for ``epochs`` passes; return Keras' ``History``.
-
-    The decoder starts at the mean training image (:meth:`VAE.init_output_bias`). Training runs
-    through :func:`support.training.fit_resumable`: an epoch is ``len(x_train) // batch_size``
-    batches of :func:`support.data.step_batches` (the remainder is dropped), binarized by
-    ``binarization`` (``"dynamic"``: fresh Bernoulli draws for every batch, ``"static"``: one
-    fixed draw, ``"none"``: the grey levels, for a Gaussian likelihood). With ``checkpoint_dir``
-    a checkpoint is written every ``checkpoint_every`` steps (default: every epoch) and a rerun
-    with the same folder resumes from the latest one, on the same batches and the same
-    reparameterization noise. ``warmup_epochs > 0`` ramps the KL weight with :class:`KLWarmup`.
-    ``x_val`` (already in the form the model should score, e.g. statically binarized) is
-    evaluated every ``validation_freq`` epochs. The history has ``loss`` (``-ELBO`` with the
-    KL weighted by ``beta``), ``reconstruction`` and ``kl`` per epoch, and ``val_`` versions
-    (after a resume, for the epochs run in this call only). Each compiled call runs a whole
-    epoch (with ``checkpoint_dir``: the greatest common divisor of the epoch's steps and
-    ``checkpoint_every``), so batch-level ``callbacks`` see one batch end per call. ``jit_compile`` goes to
-    ``compile`` (``"auto"``: XLA only on a GPU; on a 2-core CPU XLA slowed the notebooks' VAEs
-    down, see ``benchmarks/xla.py``).
-    """
-    from .. import data, training
-
-    epochs = positive_int(epochs, "epochs")
-    batch_size = positive_int(batch_size, "batch_size")
-    if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-        raise ValueError(f"warmup_epochs={warmup_epochs!r} must be an integer >= 0.")
-    if len(x_train) < batch_size:
-        raise ValueError(
-            f"batch_size={batch_size} is larger than the {len(x_train)} training examples; "
-            "use a smaller batch_size or more data."
-        )
-    keras.utils.set_random_seed(seed)
-    model.init_output_bias(x_train)
-    steps_per_epoch = len(x_train) // batch_size
-    # Several steps per compiled call, the same updates with fewer Python round trips (a quarter
-    # of the time of these small models): a whole epoch, or, with checkpoints, the largest count
-    # that divides both the epoch and the checkpoint interval (fit_resumable needs both).
-    per_call = steps_per_epoch
-    valid_every = isinstance(checkpoint_every, int) and not isinstance(checkpoint_every, bool)
-    if checkpoint_dir is not None and valid_every and checkpoint_every > 0:
-        per_call = math.gcd(steps_per_epoch, checkpoint_every)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit_compile,
-                  steps_per_execution=per_call)
-    validation = None
-    if x_val is not None:
-        validation = data.dataset(x_val, batch_size=1024, shuffle=False)
-    extra = [KLWarmup(warmup_epochs)] if warmup_epochs else []
-    fit = training.fit_resumable(
-        model, x_train, steps=epochs * steps_per_epoch, batch_size=batch_size, seed=seed,
-        binarization=binarization, checkpoint_dir=checkpoint_dir,
-        checkpoint_every=None if checkpoint_dir is None else checkpoint_every,
-        validation_data=validation, validation_freq=validation_freq, callbacks=[*extra, *callbacks],
-        verbose=verbose,
-    )
-    return fit.history
