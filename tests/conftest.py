@@ -62,6 +62,8 @@ SLOW_TESTS = {
     "test_checkpoints.py": {"test_a_run_on_epoch_boundaries_has_no_batch_hook_and_trains_the_same_steps",
                             "test_train_vae_with_checkpoint_dir_resumes_to_the_uninterrupted_result"},
     "test_toy_gans.py": {"test_set_ups_trained_together_train_as_they_do_alone"},
+    # two fresh TensorFlow imports
+    "test_training.py": {"test_the_dcgan_fit_without_remapping_prints_no_remapper_error"},
     "test_notebook.py": {"test_importing_support_changes_nothing_in_the_process",  # fresh TF imports
                          "test_tensorflows_own_log_lines_still_reach_a_program_that_imports_support"},
     "test_hygiene.py": {"test_each_module_of_support_imports_alone"},  # a fresh interpreter each

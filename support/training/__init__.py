@@ -29,12 +29,14 @@ run per training.
 
 The package has one concept per module: :mod:`.schedules`, :mod:`.loop` (the explicit loop),
 :mod:`.guards` (the NaN guard, early stopping), :mod:`.resumable` (``fit_resumable`` and its
-checkpoints), :mod:`.recipes` (``train_autoencoder``, ``train_vae``), :mod:`.callbacks` and
-:mod:`.distribute`. Its dependencies point one way: training -> models -> objectives and data.
+checkpoints), :mod:`.recipes` (``train_autoencoder``, ``train_vae``), :mod:`.callbacks`,
+:mod:`.distribute` and :mod:`.graph` (Grappler options for a block). Its dependencies point one
+way: training -> models -> objectives and data.
 """
 
 from .callbacks import InterruptAt, Interrupted, SampleSnapshots, SubspaceTracker
 from .distribute import STRATEGIES, strategy
+from .graph import graph_options
 from .guards import MONITORS, EarlyStopping, StopOnNaN, TrainingDiverged
 from .loop import batches, train_loop, train_step_by_step
 from .recipes import train_autoencoder, train_vae
@@ -44,6 +46,6 @@ from .schedules import OPTIMIZERS, SCHEDULES, learning_rate_schedule
 __all__ = [
     "MONITORS", "OPTIMIZERS", "SCHEDULES", "STRATEGIES", "EarlyStopping", "InterruptAt", "Interrupted",
     "ResumableFit", "SampleSnapshots", "StopOnNaN", "SubspaceTracker", "TrainingDiverged", "batches",
-    "fit_resumable", "learning_rate_schedule", "strategy", "train_autoencoder", "train_loop",
+    "fit_resumable", "graph_options", "learning_rate_schedule", "strategy", "train_autoencoder", "train_loop",
     "train_step_by_step", "train_vae",
 ]
