@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from support import checks
+
 IMAGE_SETS = ("digits", "mnist", "fashion_mnist")
 MIXTURE_SETS = ("ring8", "grid25")
 NAMES = IMAGE_SETS + MIXTURE_SETS
@@ -125,10 +127,8 @@ def load(
         raise DataError(
             f"dataset={name!r} is not a data set of this series; choose one of {', '.join(NAMES)}."
         )
-    if split not in SPLITS:
-        raise DataError(f"split={split!r} is not allowed; choose 'train' or 'test'.")
-    if size is not None and (not isinstance(size, (int, np.integer)) or size < 1):
-        raise DataError(f"size={size!r} must be a positive integer or None.")
+    checks.choice(split, SPLITS, "split", error=DataError)
+    checks.integer(size, "size", minimum=1, allow_none=True, error=DataError)
     if name in MIXTURE_SETS:
         default = 50_000 if split == "train" else 2_500
         return mixture(name, size or default, seed=seed + (0 if split == "train" else 1))
@@ -386,10 +386,7 @@ def dataset(
     """
     import tensorflow as tf
 
-    if binarization not in ("none", "static", "dynamic"):
-        raise ValueError(
-            f"binarization={binarization!r} is not allowed; choose none, static or dynamic."
-        )
+    checks.binarization(binarization)
     if binarization == "static":
         x = binarize(x, seed)
     data = tf.data.Dataset.from_tensor_slices(x if y is None else (x, y))
@@ -414,8 +411,7 @@ def corrupt(x: np.ndarray, noise: str = "gaussian", level: float = 0.3, seed: in
     """A corrupted copy of ``x`` in [0, 1], as a denoising autoencoder sees its input
     (Vincent et al. 2008, 2010): ``"gaussian"`` adds N(0, level^2) to every pixel and clips to
     [0, 1]; ``"masking"`` sets each pixel to 0 with probability ``level``."""
-    if noise not in CORRUPTIONS:
-        raise ValueError(f"noise={noise!r} is not allowed; choose one of {', '.join(CORRUPTIONS)}.")
+    checks.choice(noise, CORRUPTIONS, "noise")
     if not 0 <= level <= 1:
         raise ValueError(f"level={level!r} must be between 0 and 1.")
     rng = np.random.default_rng(seed)
@@ -492,21 +488,11 @@ def step_batches(
     """
     import tensorflow as tf
 
-    if binarization not in ("none", "static", "dynamic"):
-        raise ValueError(
-            f"binarization={binarization!r} is not allowed; choose none, static or dynamic."
-        )
-    for value, name in ((batch_size, "batch_size"), (start_step, "start_step"), (seed, "seed")):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise ValueError(f"{name}={value!r} must be an integer.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
-    if start_step < 0:
-        raise ValueError(f"start_step={start_step!r} must be an integer >= 0.")
-    if steps is not None and (
-        isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0
-    ):
-        raise ValueError(f"steps={steps!r} must be an integer >= 0 or None.")
+    checks.binarization(binarization)
+    checks.integer(seed, "seed")
+    checks.positive_int(batch_size, "batch_size")
+    checks.integer(start_step, "start_step", minimum=0)
+    checks.integer(steps, "steps", minimum=0, allow_none=True)
     x = np.asarray(x, dtype=np.float32)
     n = len(x)
     batches_per_epoch = n // batch_size

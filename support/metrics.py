@@ -22,6 +22,8 @@ from sklearn.neighbors import KDTree, KNeighborsClassifier, NearestNeighbors
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from support import checks
+
 
 class PCA(NamedTuple):
     """The principal subspace of a training set.
@@ -64,8 +66,7 @@ def pca(x_train, k: int) -> PCA:
     """
     x = _flat(x_train)
     d = x.shape[1]
-    if not isinstance(k, (int, np.integer)) or not 1 <= k <= d:
-        raise ValueError(f"k={k!r} must be an integer in [1, {d}] (d = pixels per example).")
+    checks.integer(k, "k", minimum=1, maximum=d, note="d = pixels per example")
     mean = x.mean(axis=0)
     centred = x - mean
     covariance = centred.T @ centred / len(x)
@@ -384,8 +385,7 @@ def knn_accuracy(z_train, y_train, z_test, y_test, k: int = 5, *, standardize: b
         Accuracy in [0, 1].
     """
     z_train, y_train, z_test, y_test = _split(z_train, y_train, z_test, y_test)
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(z_train):
-        raise ValueError(f"k={k!r} must be an integer in [1, {len(z_train)}] (the training size).")
+    checks.integer(k, "k", minimum=1, maximum=len(z_train), note="the training size")
     classifier = KNeighborsClassifier(n_neighbors=int(k))
     if standardize:
         classifier = make_pipeline(StandardScaler(), classifier)
@@ -478,10 +478,8 @@ def mutual_information(
     """
     z = _features(z, "z")
     y = _labels(y, len(z), "y")
-    if units not in UNITS:
-        raise ValueError(f"units={units!r} is not allowed; choose one of {tuple(UNITS)}.")
-    if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, (int, np.integer)) or n_neighbors < 1:
-        raise ValueError(f"n_neighbors={n_neighbors!r} must be a positive integer.")
+    checks.choice(units, UNITS, "units")
+    checks.positive_int(n_neighbors, "n_neighbors")
     std = z.std(axis=0)
     z = z / np.where(std > 0, std, 1.0)
     jitter = 1e-10 * np.maximum(1.0, np.abs(z).mean(axis=0))
@@ -554,8 +552,7 @@ def mode_coverage(samples, centers, std: float, threshold: float = 3.0) -> ModeC
         )
     if len(samples) == 0 or len(centers) == 0:
         raise ValueError("samples and centers must each hold at least one point.")
-    if not np.isfinite(std) or std <= 0:
-        raise ValueError(f"std={std!r} must be a positive finite number.")
+    checks.positive_float(std, "std")
     distances = np.sqrt(((samples[:, None, :] - centers[None, :, :]) ** 2).sum(-1))  # [n, modes]
     nearest = distances.argmin(axis=1)
     good = distances[np.arange(len(samples)), nearest] <= threshold * std
@@ -692,6 +689,5 @@ def precision_recall(real_features, fake_features, k: int = 3) -> PrecisionRecal
     ``real_features`` (``[n, d]`` each), with ``k``-nearest-neighbour balls (``k = 3`` in the
     paper). Two samples of one distribution score close to 1 on both."""
     real, fake = _feature_pair(real_features, fake_features, "real_features", "fake_features")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k < min(len(real), len(fake)):
-        raise ValueError(f"k={k!r} must be an integer in [1, {min(len(real), len(fake)) - 1}].")
+    checks.integer(k, "k", minimum=1, maximum=min(len(real), len(fake)) - 1)
     return PrecisionRecall(float(_inside(fake, real, k).mean()), float(_inside(real, fake, k).mean()))

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from support import checks
+
 # --------------------------------------------------------------------------- schemas
 
 
@@ -90,7 +92,7 @@ class Param:
 
     def _coerce(self, value: Any) -> Any:
         """``value`` as this parameter's type, or :class:`_Refused`."""
-        is_int = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+        is_int = checks.is_int(value)
         if self.type is bool:
             if not isinstance(value, (bool, np.bool_)):
                 raise _Refused()
@@ -100,7 +102,7 @@ class Param:
                 raise _Refused()
             return int(value)
         if self.type is float:
-            if not (is_int or isinstance(value, (float, np.floating))):
+            if not checks.is_number(value):
                 raise _Refused()
             if not math.isfinite(float(value)):
                 raise _Refused(" (not finite)")
@@ -116,9 +118,9 @@ class Param:
             value = _parse_list(value)
         if not isinstance(value, (list, tuple)) or not value:
             raise _Refused()
-        kinds = (int, np.integer, float, np.floating) if self.item is float else (int, np.integer)
+        kind = checks.is_number if self.item is float else checks.is_int
         for item in value:
-            ok = isinstance(item, kinds) and not isinstance(item, (bool, np.bool_))
+            ok = kind(item)
             if not ok or not self._in_range(item) or not math.isfinite(item):
                 raise _Refused(f" (element {item!r})")
         return [self.item(v) for v in value]

@@ -36,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from . import checks
 from . import notebook as nb_runtime
 
 KERNEL = "python3"
@@ -160,9 +161,7 @@ def default_jobs() -> int:
 
 
 def _check_jobs(jobs) -> int:
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs={jobs!r} must be a positive integer (notebooks run at once).")
-    return jobs
+    return checks.positive_int(jobs, "jobs")
 
 
 def _run_plans(specs, given: dict[str, Any]) -> list[tuple[Path, dict[str, Any]]]:
@@ -543,10 +542,6 @@ def _write_csv(path: str, names: list[str], rows: list[dict[str, Any]]) -> None:
             writer.writerow([_csv_cell(row.get(c)) for c in columns])
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def sweep_figure(notebook: str, names: list[str], rows: list[dict[str, Any]]):
     """One small panel per numeric metric (those that vary across runs first, at most
     ``MAX_PANELS``) against the first parameter with several values; one line per
@@ -557,14 +552,14 @@ def sweep_figure(notebook: str, names: list[str], rows: list[dict[str, Any]]):
     metrics = []
     for row in rows:
         metrics += [c for c in row if c not in names and c != "wall_time_s" and c not in metrics]
-    numeric = [m for m in metrics if all(_is_number(r[m]) for r in rows if m in r)]
+    numeric = [m for m in metrics if all(checks.is_number(r[m]) for r in rows if m in r)]
     varying = [m for m in numeric if len({r[m] for r in rows if m in r}) > 1]
     chosen = (varying or numeric)[:MAX_PANELS]
     if not rows or not chosen:
         return None
     swept = [n for n in names if len({json.dumps(r[n]) for r in rows}) > 1] or names[:1]
     x_name, series = swept[0], swept[1:]
-    numeric_x = all(_is_number(r[x_name]) for r in rows)
+    numeric_x = all(checks.is_number(r[x_name]) for r in rows)
     labels = list(dict.fromkeys(_name_part(r[x_name]) for r in rows))
 
     def x_of(row):

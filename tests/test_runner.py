@@ -456,7 +456,12 @@ def test_the_committed_readme_panel_is_up_to_date(tmp_path):
     done = cli("panel", "--out", str(tmp_path / "series.png"))
     assert done.returncode == 0, done.stderr
     committed = ROOT / "docs" / "series.png"
-    assert np.array_equal(read_png(tmp_path / "series.png"), read_png(committed)), (
-        "docs/series.png is stale: run `python -m support panel`")
+    made, kept = read_png(tmp_path / "series.png"), read_png(committed)
+    # Text rasterisation differs in the last bit between FreeType builds (99 pixels by 1/255
+    # here); a stale figure changes thousands of pixels by far more.
+    assert made.shape == kept.shape, "docs/series.png is stale: run `python -m support panel`"
+    changed = (np.abs(made - kept).max(axis=-1) > 8 / 255).mean()
+    assert changed < 1e-4, (
+        f"docs/series.png is stale ({changed:.2%} of pixels differ): run `python -m support panel`")
     assert committed.stat().st_size < 600_000
     assert "](docs/series.png)" in (ROOT / "README.md").read_text().split("\n## ", 1)[0]

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from support import objectives
+from support import checks, objectives
 
 
 def reconstruction_loss(x, x_hat):
@@ -33,34 +33,13 @@ def reconstruction_loss(x, x_hat):
     return tf.reduce_mean(tf.reshape(squared, (tf.shape(squared)[0], -1)), axis=1)
 
 
-def check_shape(value, name):
-    shape = tuple(int(v) for v in value) if isinstance(value, (tuple, list)) else None
-    if not shape or len(shape) != 3 or min(shape) < 1:
-        raise ValueError(
-            f"{name}={value!r} must be an image shape (height, width, channels) of positive ints."
-        )
-    return shape
-
-
-def positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive integer.")
-    return int(value)
-
-
 def standard_normal(n: int, dim: int, seed: int | None = None):
     """``[n, dim]`` draws of ``N(0, I)``: repeatable (stateless) with a ``seed``, from
     TensorFlow's global generator with ``None``; the prior draws of the GAN and the VAE."""
-    shape = (positive_int(n, "n"), dim)
+    shape = (checks.positive_int(n, "n"), dim)
     if seed is None:
         return tf.random.normal(shape)
     return tf.random.stateless_normal(shape, seed=(int(seed), 0))
-
-
-def check_widths(value, name):
-    if not isinstance(value, (tuple, list)):
-        raise ValueError(f"{name}={value!r} must be a tuple of positive integers.")
-    return tuple(positive_int(v, name) for v in value)
 
 
 def dense_encoder(image_shape, widths, outputs: int, *, hidden_activation="relu",
@@ -280,12 +259,12 @@ class DenseAutoencoder(Autoencoder):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.image_shape = check_shape(input_shape, "input_shape")
+        self.image_shape = checks.image_shape(input_shape, "input_shape")
         self.linear = bool(linear)
         if widths is None:
             widths = () if self.linear else (128, 64)
-        self.widths = check_widths(widths, "widths")
-        self.latent_dim = positive_int(latent_dim, "latent_dim")
+        self.widths = checks.widths(widths, "widths")
+        self.latent_dim = checks.positive_int(latent_dim, "latent_dim")
         if self.linear:
             code_activation = hidden_activation = output_activation = None
         self.code_activation = code_activation
@@ -335,9 +314,9 @@ class ConvAutoencoder(Autoencoder):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.image_shape = check_shape(input_shape, "input_shape")
-        self.filters = check_widths(filters, "filters")
-        self.latent_dim = positive_int(latent_dim, "latent_dim")
+        self.image_shape = checks.image_shape(input_shape, "input_shape")
+        self.filters = checks.widths(filters, "filters")
+        self.latent_dim = checks.positive_int(latent_dim, "latent_dim")
         self.code_activation = code_activation
         self.hidden_activation = hidden_activation
         self.output_activation = output_activation

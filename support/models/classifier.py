@@ -41,8 +41,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from support import checks
 from support.metrics import frechet_distance
-from support.models.autoencoders import check_shape, positive_int
 
 # Images outside [0, 1] by more than this are refused: the classifier never saw them, and the
 # usual cause is a generator with a tanh output in [-1, 1].
@@ -100,14 +100,13 @@ def build_classifier(image_shape, num_classes: int = 10, feature_dim: int = 128,
             for digits; 32 costs about 3.5 times as much per 28x28 image on a CPU.
         dropout: dropout rate in ``[0, 1)`` between ``"features"`` and the logits (training only).
     """
-    image_shape = check_shape(image_shape, "image_shape")
-    num_classes = positive_int(num_classes, "num_classes")
+    image_shape = checks.image_shape(image_shape, "image_shape")
+    num_classes = checks.positive_int(num_classes, "num_classes")
     if num_classes < 2:
         raise ValueError(f"num_classes={num_classes!r} must be at least 2.")
-    feature_dim = positive_int(feature_dim, "feature_dim")
-    filters = positive_int(filters, "filters")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ValueError(f"dropout={dropout!r} must be a number in [0, 1).")
+    feature_dim = checks.positive_int(feature_dim, "feature_dim")
+    filters = checks.positive_int(filters, "filters")
+    dropout = checks.fraction(dropout, "dropout")
     layers = keras.layers
     x = keras.Input(image_shape, name="image")
     h = layers.Conv2D(filters, 3, padding="same", activation="relu", name="conv1")(x)
@@ -122,13 +121,6 @@ def build_classifier(image_shape, num_classes: int = 10, feature_dim: int = 128,
 
 
 # --------------------------------------------------------------------------- training
-
-
-def _positive_number(value, name):
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}={value!r} must be a positive finite number.")
-    return float(value)
 
 
 def _training_images(x, name):
@@ -225,7 +217,7 @@ def train_classifier(
         # Labels that are not integers are refused below, with their own message.
         integer = labels.size > 0 and np.issubdtype(labels.dtype, np.integer)
         num_classes = max(int(labels.max()) + 1, 2) if integer else 2
-    num_classes = positive_int(num_classes, "num_classes")
+    num_classes = checks.positive_int(num_classes, "num_classes")
     y_train = _class_labels(y_train, len(x_train), num_classes, "y_train")
     if (x_test is None) != (y_test is None):
         raise ValueError("x_test and y_test must be given together (or neither).")
@@ -237,12 +229,12 @@ def train_classifier(
                 "they must match."
             )
         y_test = _class_labels(y_test, len(x_test), num_classes, "y_test")
-    batch_size = positive_int(batch_size, "batch_size")
-    learning_rate = _positive_number(learning_rate, "learning_rate")
+    batch_size = checks.positive_int(batch_size, "batch_size")
+    learning_rate = checks.positive_float(learning_rate, "learning_rate")
     steps_per_epoch = math.ceil(len(x_train) / batch_size)
     if epochs is None:
         epochs = max(MIN_EPOCHS, math.ceil(DEFAULT_STEPS / steps_per_epoch))
-    epochs = positive_int(epochs, "epochs")
+    epochs = checks.positive_int(epochs, "epochs")
 
     if seed is not None:
         keras.utils.set_random_seed(seed)
@@ -302,7 +294,7 @@ def _outputs(classifier, x, batch_size, name="x") -> tuple[np.ndarray, np.ndarra
     """``(features [n, feature_dim], logits [n, num_classes])`` in inference mode (no dropout)."""
     model = _model(classifier)
     x = _images(x, model, name)
-    batch_size = positive_int(batch_size, "batch_size")
+    batch_size = checks.positive_int(batch_size, "batch_size")
     both = keras.Model(model.input, [model.get_layer("features").output, model.output])
     # Plain calls rather than ``predict``: ``predict`` compiles a function for each new model.
     parts = [both(x[start:start + batch_size], training=False) for start in range(0, len(x), batch_size)]

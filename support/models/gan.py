@@ -36,24 +36,15 @@ the weights, the optimizer states and the compiled training set-up.
 
 from __future__ import annotations
 
-import math
-
 import keras
 import numpy as np
 import tensorflow as tf
 
-from support import objectives
-from support.models.autoencoders import check_shape, positive_int, standard_normal
+from support import checks, objectives
+from support.models.autoencoders import standard_normal
 
 LOSSES = ("non_saturating", "minimax", "hinge", "wgan_gp")
 RAW_OUTPUTS = ("hinge", "wgan_gp")  # losses whose discriminator outputs are not logits
-
-
-def _non_negative_float(value, name):
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name}={value!r} must be a non-negative finite number.")
-    return float(value)
 
 
 # --------------------------------------------------------------------------- builders
@@ -63,10 +54,10 @@ def mlp_generator(latent_dim: int, output_dim: int = 2, width: int = 128, depth:
                   name: str = "generator") -> keras.Sequential:
     """``z: [batch, latent_dim] -> x: [batch, output_dim]``: ``depth`` ReLU layers of ``width``
     units and a linear output (the 2-D mixtures are unbounded)."""
-    latent_dim = positive_int(latent_dim, "latent_dim")
-    output_dim = positive_int(output_dim, "output_dim")
-    width = positive_int(width, "width")
-    depth = positive_int(depth, "depth")
+    latent_dim = checks.positive_int(latent_dim, "latent_dim")
+    output_dim = checks.positive_int(output_dim, "output_dim")
+    width = checks.positive_int(width, "width")
+    depth = checks.positive_int(depth, "depth")
     layers = [keras.Input((latent_dim,))]
     layers += [keras.layers.Dense(width, activation="relu") for _ in range(depth)]
     layers.append(keras.layers.Dense(output_dim, name="samples"))
@@ -78,10 +69,10 @@ def mlp_discriminator(input_dim: int = 2, width: int = 128, depth: int = 3, pack
     """``x: [batch, pack * input_dim] -> [batch, 1]`` logits: ``depth`` LeakyReLU(0.2) layers of
     ``width`` units. With ``pack > 1`` (PacGAN) each input row is ``pack`` examples
     concatenated; :class:`GAN` does the packing."""
-    input_dim = positive_int(input_dim, "input_dim")
-    width = positive_int(width, "width")
-    depth = positive_int(depth, "depth")
-    pack = positive_int(pack, "pack")
+    input_dim = checks.positive_int(input_dim, "input_dim")
+    width = checks.positive_int(width, "width")
+    depth = checks.positive_int(depth, "depth")
+    pack = checks.positive_int(pack, "pack")
     layers = [keras.Input((pack * input_dim,))]
     for _ in range(depth):
         layers += [keras.layers.Dense(width), keras.layers.LeakyReLU(0.2)]
@@ -90,7 +81,7 @@ def mlp_discriminator(input_dim: int = 2, width: int = 128, depth: int = 3, pack
 
 
 def _check_dcgan_shape(image_shape):
-    shape = check_shape(image_shape, "image_shape")
+    shape = checks.image_shape(image_shape, "image_shape")
     if shape[0] % 4 or shape[1] % 4:
         raise ValueError(
             f"image_shape={image_shape!r}: height and width must be multiples of 4 (two stride-2 "
@@ -105,9 +96,9 @@ def dcgan_generator(latent_dim: int, image_shape=(28, 28, 1), filters: int = 64,
     in [0, 1]. A dense layer to an ``h/4 x w/4 x 2 filters`` map, then two stride-2 transposed
     convolutions; batch norm and ReLU after every hidden layer, a sigmoid output to match data
     in [0, 1]. ``h`` and ``w`` must be multiples of 4 (8x8 digits, 28x28 MNIST)."""
-    latent_dim = positive_int(latent_dim, "latent_dim")
+    latent_dim = checks.positive_int(latent_dim, "latent_dim")
     height, width, channels = _check_dcgan_shape(image_shape)
-    filters = positive_int(filters, "filters")
+    filters = checks.positive_int(filters, "filters")
     base = (height // 4, width // 4, 2 * filters)
     return keras.Sequential([
         keras.Input((latent_dim,)),
@@ -131,7 +122,7 @@ def dcgan_discriminator(image_shape=(28, 28, 1), filters: int = 64, spectral_nor
     the two convolutions and the output layer in ``keras.layers.SpectralNormalization`` (one
     power iteration per training call), so each has a largest singular value of 1."""
     _check_dcgan_shape(image_shape)
-    filters = positive_int(filters, "filters")
+    filters = checks.positive_int(filters, "filters")
     if not isinstance(spectral_norm, (bool, np.bool_)):
         raise ValueError(f"spectral_norm={spectral_norm!r} must be True or False.")
 
@@ -139,7 +130,7 @@ def dcgan_discriminator(image_shape=(28, 28, 1), filters: int = 64, spectral_nor
         return keras.layers.SpectralNormalization(layer, name=f"sn_{layer.name}") if spectral_norm else layer
 
     return keras.Sequential([
-        keras.Input(check_shape(image_shape, "image_shape")),
+        keras.Input(checks.image_shape(image_shape, "image_shape")),
         weighted(keras.layers.Conv2D(filters, 4, strides=2, padding="same", name="conv_1")),
         keras.layers.LeakyReLU(0.2),
         weighted(keras.layers.Conv2D(2 * filters, 4, strides=2, padding="same", name="conv_2")),
@@ -172,16 +163,12 @@ def toy_gan(*, latent_dim: int = 2, pack: int = 1, loss: str = "non_saturating",
         steps_per_execution: training steps per compiled call (fewer Python round trips for
             these tiny networks; the updates are the same).
     """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule={schedule!r} is not allowed; choose one of {', '.join(SCHEDULES)}.")
-    rates = {"learning_rate": _non_negative_float(learning_rate, "learning_rate"),
-             "d_learning_rate": _non_negative_float(
+    checks.choice(schedule, SCHEDULES, "schedule")
+    rates = {"learning_rate": checks.positive_float(learning_rate, "learning_rate"),
+             "d_learning_rate": checks.positive_float(
                  learning_rate if d_learning_rate is None else d_learning_rate, "d_learning_rate")}
-    for name, rate in rates.items():
-        if rate == 0:
-            raise ValueError(f"{name}={rate!r} must be positive.")
     if schedule == "cosine":
-        steps = positive_int(steps, "steps")
+        steps = checks.positive_int(steps, "steps")
         # The discriminator's optimizer counts d_steps updates per generator step.
         g_rate = keras.optimizers.schedules.CosineDecay(rates["learning_rate"], steps)
         d_rate = keras.optimizers.schedules.CosineDecay(rates["d_learning_rate"], steps * d_steps)
@@ -191,7 +178,7 @@ def toy_gan(*, latent_dim: int = 2, pack: int = 1, loss: str = "non_saturating",
               pack=pack)
     gan.compile(d_optimizer=keras.optimizers.Adam(d_rate, beta_1=0.5),
                 g_optimizer=keras.optimizers.Adam(g_rate, beta_1=0.5), loss=loss,
-                d_steps=d_steps, steps_per_execution=positive_int(steps_per_execution,
+                d_steps=d_steps, steps_per_execution=checks.positive_int(steps_per_execution,
                                                                   "steps_per_execution"))
     return gan
 
@@ -214,7 +201,7 @@ class GAN(keras.Model):
         super().__init__(**kwargs)
         self.generator = generator
         self.discriminator = discriminator
-        self.pack = positive_int(pack, "pack")
+        self.pack = checks.positive_int(pack, "pack")
         self.latent_dim = int(generator.input_shape[-1])
         sample_size = int(np.prod(generator.output_shape[1:]))
         input_size = int(np.prod(discriminator.input_shape[1:]))
@@ -262,15 +249,14 @@ class GAN(keras.Model):
             d_steps: discriminator updates per generator update (5 is usual for WGAN-GP).
             gp_weight: weight ``lambda`` of the gradient penalty (``"wgan_gp"`` only).
         """
-        if loss not in LOSSES:
-            raise ValueError(f"loss={loss!r} is not allowed; choose one of {', '.join(LOSSES)}.")
+        checks.choice(loss, LOSSES, "loss")
         super().compile(**kwargs)
         default = {"class_name": "Adam", "config": {"learning_rate": 1e-3, "beta_1": 0.5}}
         self.d_optimizer = keras.optimizers.get(default if d_optimizer is None else d_optimizer)
         self.g_optimizer = keras.optimizers.get(default if g_optimizer is None else g_optimizer)
         self.loss_name = loss
-        self.d_steps = positive_int(d_steps, "d_steps")
-        self.gp_weight = _non_negative_float(gp_weight, "gp_weight")
+        self.d_steps = checks.positive_int(d_steps, "d_steps")
+        self.gp_weight = checks.positive_float(gp_weight, "gp_weight", allow_zero=True)
         # Create the optimizers' variables now, in the model's strategy scope: built lazily
         # inside a replicated training step they fail under MirroredStrategy.
         with self.distribute_strategy.scope():

@@ -51,18 +51,10 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from support import data
-from support.models.autoencoders import positive_int
+from support import checks, data
 
 LOSSES = ("non_saturating", "minimax", "hinge", "wgan_gp")
 SCHEDULES = ("constant", "cosine")
-
-
-def _positive_float(value, name):
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}={value!r} must be a positive finite number.")
-    return float(value)
 
 
 @dataclasses.dataclass
@@ -151,33 +143,30 @@ class ToyGANs:
                  latent_dim: int = 2, width: int = 128, depth: int = 3, gp_weight: float = 10.0,
                  betas=(0.5, 0.999)):
         seeds = list(seeds)
-        if not seeds or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0
-                            for s in seeds) or len(set(seeds)) != len(seeds):
+        if not seeds or not all(checks.is_int(s) and s >= 0 for s in seeds) or len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds={seeds!r} must be distinct non-negative integers, at least one.")
         self.seeds = [int(s) for s in seeds]
         self.mixture = data.mixture_spec(toy)
-        if loss not in LOSSES:
-            raise ValueError(f"loss={loss!r} is not allowed; choose one of {', '.join(LOSSES)}.")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"schedule={schedule!r} is not allowed; choose one of {', '.join(SCHEDULES)}.")
+        checks.choice(loss, LOSSES, "loss")
+        checks.choice(schedule, SCHEDULES, "schedule")
         self.loss, self.schedule = loss, schedule
-        self.pack = positive_int(pack, "pack")
-        self.batch_size = positive_int(batch_size, "batch_size")
+        self.pack = checks.positive_int(pack, "pack")
+        self.batch_size = checks.positive_int(batch_size, "batch_size")
         if self.batch_size % self.pack:
             raise ValueError(f"pack={pack} must divide batch_size={batch_size}.")
         self.spectral_norm = bool(spectral_norm)
-        self.d_steps = positive_int(d_steps, "d_steps")
-        self.latent_dim = positive_int(latent_dim, "latent_dim")
-        self.width, self.depth = positive_int(width, "width"), positive_int(depth, "depth")
-        self.gp_weight = _positive_float(gp_weight, "gp_weight")
-        g_rate = _positive_float(learning_rate, "learning_rate")
-        d_rate = g_rate if d_learning_rate is None else _positive_float(d_learning_rate, "d_learning_rate")
+        self.d_steps = checks.positive_int(d_steps, "d_steps")
+        self.latent_dim = checks.positive_int(latent_dim, "latent_dim")
+        self.width, self.depth = checks.positive_int(width, "width"), checks.positive_int(depth, "depth")
+        self.gp_weight = checks.positive_float(gp_weight, "gp_weight")
+        g_rate = checks.positive_float(learning_rate, "learning_rate")
+        d_rate = (g_rate if d_learning_rate is None
+                  else checks.positive_float(d_learning_rate, "d_learning_rate"))
         self.total_steps = None
         if schedule == "cosine":
-            self.total_steps = positive_int(steps, "steps")
+            self.total_steps = checks.positive_int(steps, "steps")
         betas = tuple(betas) if isinstance(betas, (tuple, list)) else ()
-        if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
-                                      for b in betas):
+        if len(betas) != 2 or not all(checks.is_number(b) and 0 <= b < 1 for b in betas):
             raise ValueError(f"betas={betas!r} must be two numbers in [0, 1), Adam's (beta_1, beta_2).")
         self.betas = tuple(float(b) for b in betas)
         g_sizes = [self.latent_dim] + [self.width] * self.depth + [2]
@@ -341,10 +330,10 @@ class ToyGANs:
         """Train every GAN ``steps`` more generator steps, a snapshot of ``samples`` samples
         (fixed noise per seed) after every ``snapshot_every`` steps (default: only at the
         end), at most ``chunk`` steps per compiled call."""
-        steps = positive_int(steps, "steps")
-        every = steps if snapshot_every is None else positive_int(snapshot_every, "snapshot_every")
-        chunk = positive_int(chunk, "chunk")
-        samples = positive_int(samples, "samples")
+        steps = checks.positive_int(steps, "steps")
+        every = steps if snapshot_every is None else checks.positive_int(snapshot_every, "snapshot_every")
+        chunk = checks.positive_int(chunk, "chunk")
+        samples = checks.positive_int(samples, "samples")
         if samples % self.pack:
             raise ValueError(f"samples={samples} must be a multiple of pack={self.pack}.")
         began = time.perf_counter()
@@ -388,7 +377,7 @@ def train_together(models: dict, steps: int, snapshot_every: int | None = None, 
     """
     if not isinstance(models, dict) or not models or not all(isinstance(m, ToyGANs) for m in models.values()):
         raise ValueError("models must be a non-empty dict of name -> ToyGANs.")
-    steps, workers = positive_int(steps, "steps"), positive_int(workers, "workers")
+    steps, workers = checks.positive_int(steps, "steps"), checks.positive_int(workers, "workers")
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(workers, len(models))) as pool:
         futures = {name: pool.submit(model.train, steps, snapshot_every, **options)
                    for name, model in models.items()}

@@ -47,38 +47,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from support import objectives
+from support import checks, objectives
 from support.models.autoencoders import (
     check_conv_shape,
-    check_shape,
-    check_widths,
     conv_decoder,
     conv_encoder,
     dense_decoder,
     dense_encoder,
-    positive_int,
     standard_normal,
 )
 
 ENCODERS = ("dense", "conv", "linear")
 LIKELIHOODS = ("bernoulli", "gaussian")
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def _choice(value, allowed, name):
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed; choose one of {', '.join(allowed)}.")
-    return value
-
-
-def _positive_float(value, name, allow_zero=False):
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        bound = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"{name}={value!r} must be a {bound} finite number.")
-    return float(value)
 
 
 # --------------------------------------------------------------------------- the model
@@ -154,18 +134,18 @@ class VAE(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.image_shape = check_shape(input_shape, "input_shape")
-        self.latent_dim = positive_int(latent_dim, "latent_dim")
-        self.encoder_type = _choice(encoder, ENCODERS, "encoder")
-        self.decoder_type = _choice(encoder if decoder is None else decoder, ENCODERS, "decoder")
-        self.widths = check_widths((128, 64) if widths is None else widths, "widths")
-        self.filters = check_widths(filters, "filters")
-        self.likelihood = _choice(likelihood, LIKELIHOODS, "likelihood")
-        self.initial_sigma = _positive_float(sigma, "sigma")
+        self.image_shape = checks.image_shape(input_shape, "input_shape")
+        self.latent_dim = checks.positive_int(latent_dim, "latent_dim")
+        self.encoder_type = checks.choice(encoder, ENCODERS, "encoder")
+        self.decoder_type = checks.choice(encoder if decoder is None else decoder, ENCODERS, "decoder")
+        self.widths = checks.widths((128, 64) if widths is None else widths, "widths")
+        self.filters = checks.widths(filters, "filters")
+        self.likelihood = checks.choice(likelihood, LIKELIHOODS, "likelihood")
+        self.initial_sigma = checks.positive_float(sigma, "sigma")
         self.learn_sigma = bool(learn_sigma)
-        self.target_beta = _positive_float(beta, "beta", allow_zero=True)
-        self.samples = positive_int(samples, "samples")
-        self.free_bits = _positive_float(free_bits, "free_bits", allow_zero=True)
+        self.target_beta = checks.positive_float(beta, "beta", allow_zero=True)
+        self.samples = checks.positive_int(samples, "samples")
+        self.free_bits = checks.positive_float(free_bits, "free_bits", allow_zero=True)
         self._check_combination()
         self.encoder = self._build_encoder()
         self.decoder = self._build_decoder()
@@ -401,7 +381,7 @@ class VAE(keras.Model):
             raise ValueError(
                 f"x has shape {x.shape}; expected [n, {', '.join(map(str, self.image_shape))}]."
             )
-        batch_size = positive_int(batch_size, "batch_size")
+        batch_size = checks.positive_int(batch_size, "batch_size")
         for start in range(0, len(x), batch_size):
             yield start, tf.constant(x[start : start + batch_size])
 
@@ -438,10 +418,10 @@ class VAE(keras.Model):
         """Per-example statistic of ``k`` draws ``z_i ~ q(z|x)``, NumPy ``[n]``, in chunks:
         ``"log_mean_weight"``, ``log (1/k) sum_i w_i`` (a running log-sum-exp), or
         ``"mean_log_likelihood"``, ``(1/k) sum_i log p(x|z_i)`` (a running sum)."""
-        k = positive_int(k, "k")
-        max_elements = positive_int(max_elements, "max_elements")
+        k = checks.positive_int(k, "k")
+        max_elements = checks.positive_int(max_elements, "max_elements")
         x = np.asarray(x, dtype=np.float32)
-        b, s = self._chunk_sizes(len(x), k, positive_int(batch_size, "batch_size"), max_elements)
+        b, s = self._chunk_sizes(len(x), k, checks.positive_int(batch_size, "batch_size"), max_elements)
         seed = tf.constant(int(seed), tf.int32)
         result = np.empty(len(x), dtype=np.float32)
         for start, x_batch in self._batches(x, b):
@@ -477,7 +457,7 @@ class VAE(keras.Model):
         expected_log_likelihood = self._over_samples(
             x, samples, batch_size, max_elements, seed, "mean_log_likelihood"
         )
-        kl = self._kl_per_dimension(x, max(positive_int(batch_size, "batch_size"), 1024))
+        kl = self._kl_per_dimension(x, max(checks.positive_int(batch_size, "batch_size"), 1024))
         return expected_log_likelihood - kl.sum(axis=1)
 
     def iwae_bound(
@@ -544,8 +524,8 @@ class VAE(keras.Model):
         and of the decoder (Rainforth et al. 2018: as ``k`` grows the decoder's ratio grows
         like ``sqrt(k)`` and the encoder's falls like ``1 / sqrt(k)``). ``k = 1`` is the ELBO's
         gradient. Returns ``{"encoder": float, "decoder": float}``."""
-        k = positive_int(k, "k")
-        draws = positive_int(draws, "draws")
+        k = checks.positive_int(k, "k")
+        draws = checks.positive_int(draws, "draws")
         if draws < 2:
             raise ValueError(f"draws={draws}: a standard deviation needs at least 2 draws.")
         x = tf.constant(np.asarray(x, dtype=np.float32))
@@ -609,8 +589,8 @@ class KLWarmup(keras.callbacks.Callback):
 
     def __init__(self, epochs: int, target: float | None = None):
         super().__init__()
-        self.epochs = positive_int(epochs, "epochs")
-        self.target = None if target is None else _positive_float(target, "target", allow_zero=True)
+        self.epochs = checks.positive_int(epochs, "epochs")
+        self.target = None if target is None else checks.positive_float(target, "target", allow_zero=True)
 
     def beta_at(self, epoch: int, target: float) -> float:
         return target * min(1.0, (epoch + 1) / self.epochs)
@@ -643,7 +623,7 @@ def _check_linear_gaussian(x, W, b, sigma):
             f"W {W.shape} and b {b.shape} do not fit x with d = {x.shape[1]} values per "
             "example: expected W [d, latent_dim] and b [d]."
         )
-    return x, W, b, _positive_float(float(sigma), "sigma")
+    return x, W, b, checks.positive_float(float(sigma), "sigma")
 
 
 def linear_gaussian_log_marginal(x, W, b, sigma) -> np.ndarray:
@@ -692,7 +672,7 @@ def ppca_maximum_likelihood(x, latent_dim: int) -> tuple[np.ndarray, np.ndarray,
     (the rotation ``R`` of the paper set to ``I``, so the columns of ``W`` are orthogonal and
     the posterior covariance ``sigma^2 (W^T W + sigma^2 I)^{-1}`` is diagonal)."""
     x = _flat(x)
-    latent_dim = positive_int(latent_dim, "latent_dim")
+    latent_dim = checks.positive_int(latent_dim, "latent_dim")
     n, d = x.shape
     if latent_dim >= d:
         raise ValueError(f"latent_dim={latent_dim} must be below the {d} values per example.")

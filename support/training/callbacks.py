@@ -6,6 +6,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from .. import checks
 from ..metrics import principal_angles
 from ..models.autoencoders import decoder_matrix
 
@@ -59,8 +60,7 @@ class InterruptAt(keras.callbacks.Callback):
 
     def __init__(self, step: int):
         super().__init__()
-        if not isinstance(step, int) or step < 1:
-            raise ValueError(f"step={step!r} must be a positive integer.")
+        checks.positive_int(step, "step")
         self.step, self.seen, self._begin = step, 0, 0
 
     def on_train_batch_begin(self, batch, logs=None):

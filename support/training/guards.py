@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from .. import checks
+
 MONITORS = ("val_loss", "loss")
 
 
@@ -82,12 +84,9 @@ class EarlyStopping:
     restore_best_weights: bool = True
 
     def __post_init__(self):
-        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
-            raise ValueError(f"patience={self.patience!r} must be a positive integer.")
-        if not (isinstance(self.min_delta, (int, float)) and self.min_delta >= 0):
-            raise ValueError(f"min_delta={self.min_delta!r} must be a number >= 0.")
-        if self.monitor not in MONITORS:
-            raise ValueError(f"monitor={self.monitor!r} is not allowed; choose one of {MONITORS}.")
+        checks.positive_int(self.patience, "patience")
+        checks.positive_float(self.min_delta, "min_delta", allow_zero=True)
+        checks.choice(self.monitor, MONITORS, "monitor")
 
 
 class StopOnNaN(keras.callbacks.Callback):

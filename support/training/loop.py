@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from .. import tensorboard_logs
+from .. import checks, tensorboard_logs
 from ..models.autoencoders import reconstruction_loss
 from .guards import EarlyStopping, _all_finite, _diverged
 
@@ -106,10 +106,8 @@ def train_step_by_step(model, x_train, *, loss_fn=reconstruction_loss, optimizer
 
 def _check_loop_arguments(model, loss_fn, epochs, batch_size, early_stopping, x_train, x_val):
     """Refuse a bad argument of :func:`train_loop`; return ``(x_train, x_val)`` as arrays."""
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs={epochs!r} must be a positive integer.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
+    checks.positive_int(epochs, "epochs")
+    checks.positive_int(batch_size, "batch_size")
     if not (hasattr(model, "encoder") and hasattr(model, "decoder")):
         raise ValueError(f"model={type(model).__name__} has no encoder and decoder sub-models.")
     if not callable(loss_fn):

@@ -11,8 +11,7 @@ import math
 import keras
 import tensorflow as tf
 
-from .. import data, tensorboard_logs
-from ..models.autoencoders import positive_int
+from .. import checks, data, tensorboard_logs
 from ..models.vae import VAE, KLWarmup
 from .loop import batches
 from .resumable import fit_resumable
@@ -71,14 +70,9 @@ def train_autoencoder(
         The ``History`` of ``fit``: ``history.history["loss"]`` (and ``"val_loss"``) per epoch,
         the per-pixel MSE.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs={epochs!r} must be a positive integer.")
-    if batch_size is None:
-        batch_size = len(x_train)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive integer or None.")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer={optimizer!r} is not allowed; choose one of {OPTIMIZERS}.")
+    epochs = checks.positive_int(epochs, "epochs")
+    batch_size = checks.positive_int(batch_size, "batch_size", allow_none=True) or len(x_train)
+    checks.choice(optimizer, OPTIMIZERS, "optimizer")
     if init_output_bias:
         model.init_output_bias(x_train)
     steps_per_epoch = math.ceil(len(x_train) / batch_size)
@@ -144,10 +138,9 @@ def train_vae(
     ``compile`` (``"auto"``: XLA only on a GPU; on a 2-core CPU XLA slowed the notebooks' VAEs
     down, see ``benchmarks/xla.py``).
     """
-    epochs = positive_int(epochs, "epochs")
-    batch_size = positive_int(batch_size, "batch_size")
-    if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-        raise ValueError(f"warmup_epochs={warmup_epochs!r} must be an integer >= 0.")
+    epochs = checks.positive_int(epochs, "epochs")
+    batch_size = checks.positive_int(batch_size, "batch_size")
+    checks.integer(warmup_epochs, "warmup_epochs", minimum=0)
     if len(x_train) < batch_size:
         raise ValueError(
             f"batch_size={batch_size} is larger than the {len(x_train)} training examples; "
@@ -160,7 +153,7 @@ def train_vae(
     # of the time of these small models): a whole epoch, or, with checkpoints, the largest count
     # that divides both the epoch and the checkpoint interval (fit_resumable needs both).
     per_call = steps_per_epoch
-    valid_every = isinstance(checkpoint_every, int) and not isinstance(checkpoint_every, bool)
+    valid_every = checks.is_int(checkpoint_every)
     if checkpoint_dir is not None and valid_every and checkpoint_every > 0:
         per_call = math.gcd(steps_per_epoch, checkpoint_every)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit_compile,

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .. import data, tensorboard_logs
+from .. import checks, data, tensorboard_logs
 
 _SIGNATURE_KEY = "signature/.ATTRIBUTES/VARIABLE_VALUE"
 
@@ -188,16 +188,6 @@ def _has_batch_end_hook(callback) -> bool:
                for hook in ("on_train_batch_end", "on_batch_end"))
 
 
-def _check_count(value, name, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive integer{' or None' if allow_none else ''}.")
-    return int(value)
-
-
-
-
 @dataclass(frozen=True)
 class _Plan:
     """The validated settings of one :func:`fit_resumable` call."""
@@ -236,24 +226,20 @@ def _check_model(model) -> None:
 def _plan(model, x, *, steps, batch_size, checkpoint_every, max_to_keep, seed, steps_per_epoch,
           binarization) -> _Plan:
     """Check every argument of :func:`fit_resumable` before anything is trained or written."""
-    steps = _check_count(steps, "steps")
-    batch_size = _check_count(batch_size, "batch_size")
-    if binarization not in ("none", "static", "dynamic"):
-        raise ValueError(
-            f"binarization={binarization!r} is not allowed; choose none, static or dynamic."
-        )
-    max_to_keep = _check_count(max_to_keep, "max_to_keep")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed={seed!r} must be an integer.")
+    steps = checks.positive_int(steps, "steps")
+    batch_size = checks.positive_int(batch_size, "batch_size")
+    checks.binarization(binarization)
+    max_to_keep = checks.positive_int(max_to_keep, "max_to_keep")
+    checks.integer(seed, "seed")
     _check_model(model)
     x = np.asarray(x, dtype=keras.config.floatx())
     if x.ndim < 2 or len(x) < batch_size:
         raise ValueError(
             f"x has shape {x.shape}; expected [n, ...] with n >= batch_size={batch_size}."
         )
-    steps_per_epoch = _check_count(steps_per_epoch, "steps_per_epoch", allow_none=True)
+    steps_per_epoch = checks.positive_int(steps_per_epoch, "steps_per_epoch", allow_none=True)
     steps_per_epoch = steps_per_epoch or len(x) // batch_size
-    checkpoint_every = _check_count(checkpoint_every, "checkpoint_every", allow_none=True)
+    checkpoint_every = checks.positive_int(checkpoint_every, "checkpoint_every", allow_none=True)
     checkpoint_every = checkpoint_every or steps_per_epoch
     per_call = int(getattr(model, "steps_per_execution", 1) or 1)
     for value, name in ((steps_per_epoch, "steps_per_epoch"), (checkpoint_every, "checkpoint_every"),

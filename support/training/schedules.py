@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import keras
 
+from .. import checks
+
 SCHEDULES = ("cosine", "constant")
 OPTIMIZERS = ("adam", "sgd")
 
@@ -17,10 +19,8 @@ def learning_rate_schedule(learning_rate: float, schedule: str, total_steps: int
     along the directions of small curvature; the decay then removes the noise that a large
     rate leaves, which is what lets a linear autoencoder's subspace settle on PCA's.
     """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule={schedule!r} is not allowed; choose one of {SCHEDULES}.")
-    if not learning_rate > 0:
-        raise ValueError(f"learning_rate={learning_rate!r} must be positive.")
+    checks.choice(schedule, SCHEDULES, "schedule")
+    checks.positive_float(learning_rate, "learning_rate")
     if schedule == "constant":
         return float(learning_rate)
     return keras.optimizers.schedules.CosineDecay(float(learning_rate), int(total_steps))
