@@ -157,8 +157,8 @@ class Autoencoder(keras.Model):
         through the inverse of the output activation: ``logit(mean)`` for ``"sigmoid"``. The
         mean is then in place from the first step. Without it the code spends a dimension on
         the mean early on and hands it over to the bias only slowly; for a linear autoencoder
-        this can leave the decoder's subspace tens of degrees away from PCA's after hundreds
-        of epochs, with the MSE already within 1 % of the optimum.
+        this can leave the decoder's subspace far from PCA's long after the MSE is close to
+        its optimum.
         """
         layer = self.decoder.get_layer("pixels")
         activation = self.output_activation
@@ -208,6 +208,18 @@ class Autoencoder(keras.Model):
     def test_step(self, data):
         self.loss_tracker.update_state(self._loss(data, training=False)[1])
         return objectives.step_logs([self.loss_tracker])
+
+    def _build_parts(self, encoder_fn, decoder_fn, sizes, code_activation, hidden_activation,
+                     output_activation) -> None:
+        """Keep the activations and build ``encoder_fn``/``decoder_fn`` over ``sizes`` (the
+        dense widths or the convolutional filters)."""
+        self.code_activation = code_activation
+        self.hidden_activation = hidden_activation
+        self.output_activation = output_activation
+        self.encoder = encoder_fn(self.image_shape, sizes, self.latent_dim,
+                                  hidden_activation=hidden_activation, output_activation=code_activation)
+        self.decoder = decoder_fn(self.image_shape, sizes, self.latent_dim,
+                                  hidden_activation=hidden_activation, output_activation=output_activation)
 
     def _shared_config(self) -> dict:
         """The constructor arguments every autoencoder here has, for ``get_config``."""
@@ -267,17 +279,8 @@ class DenseAutoencoder(Autoencoder):
         self.latent_dim = checks.positive_int(latent_dim, "latent_dim")
         if self.linear:
             code_activation = hidden_activation = output_activation = None
-        self.code_activation = code_activation
-        self.hidden_activation = hidden_activation
-        self.output_activation = output_activation
-        self.encoder = dense_encoder(
-            self.image_shape, self.widths, self.latent_dim, hidden_activation=hidden_activation,
-            output_activation=code_activation,
-        )
-        self.decoder = dense_decoder(
-            self.image_shape, self.widths, self.latent_dim, hidden_activation=hidden_activation,
-            output_activation=output_activation,
-        )
+        self._build_parts(dense_encoder, dense_decoder, self.widths, code_activation,
+                          hidden_activation, output_activation)
 
     def get_config(self):
         return {**super().get_config(), **self._shared_config(), "widths": self.widths,
@@ -317,18 +320,9 @@ class ConvAutoencoder(Autoencoder):
         self.image_shape = checks.image_shape(input_shape, "input_shape")
         self.filters = checks.widths(filters, "filters")
         self.latent_dim = checks.positive_int(latent_dim, "latent_dim")
-        self.code_activation = code_activation
-        self.hidden_activation = hidden_activation
-        self.output_activation = output_activation
         check_conv_shape(self.image_shape, self.filters)
-        self.encoder = conv_encoder(
-            self.image_shape, self.filters, self.latent_dim, hidden_activation=hidden_activation,
-            output_activation=code_activation,
-        )
-        self.decoder = conv_decoder(
-            self.image_shape, self.filters, self.latent_dim, hidden_activation=hidden_activation,
-            output_activation=output_activation,
-        )
+        self._build_parts(conv_encoder, conv_decoder, self.filters, code_activation,
+                          hidden_activation, output_activation)
 
     def get_config(self):
         return {**super().get_config(), **self._shared_config(), "filters": self.filters}

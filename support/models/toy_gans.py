@@ -36,9 +36,8 @@ Typical use::
     runs.samples.shape                                   # (10, 5, 2500, 2): snapshot, seed, point
 
 Several set-ups train side by side with :func:`train_together`, one thread each, which uses
-what a single set-up's small operations leave idle of a second core: measured on 2 cores, about
-1.2 times faster for set-ups of similar cost, and no faster when one set-up (WGAN-GP's five
-critic steps) takes most of the time. Each set-up's results are the same as when it trains alone.
+what a single set-up's small operations leave idle of a second core (what that gains is in
+benchmarks/README.md). Each set-up's results are the same as when it trains alone.
 """
 
 from __future__ import annotations

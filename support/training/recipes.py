@@ -63,8 +63,8 @@ def train_autoencoder(
             once per epoch.
         callbacks: extra Keras callbacks.
         jit_compile: passed to ``compile``: ``"auto"`` (Keras' default: XLA only on a GPU) or
-            ``True``/``False``. On a 2-core CPU XLA made the notebooks' digits trainings slower
-            (its compile time is not repaid in seconds-long trainings; ``benchmarks/xla.py``).
+            ``True``/``False``. Measure before choosing ``True`` on a CPU: its compile time is
+            paid inside the training (``benchmarks/xla.py``; figures in benchmarks/README.md).
 
     Returns:
         The ``History`` of ``fit``: ``history.history["loss"]`` (and ``"val_loss"``) per epoch,
@@ -81,8 +81,8 @@ def train_autoencoder(
         optimizer = keras.optimizers.Adam(rate)
     else:
         optimizer = keras.optimizers.SGD(rate, momentum=momentum)
-    # One compiled call runs a whole epoch: with small models the per-step Python overhead,
-    # not the arithmetic, would otherwise dominate (over 10x slower on the 8x8 digits).
+    # One compiled call runs a whole epoch: with small models the per-step Python round trip,
+    # not the arithmetic, would otherwise dominate (``benchmarks/throughput.py`` compares both).
     model.compile(optimizer=optimizer, steps_per_execution=steps_per_epoch, jit_compile=jit_compile)
     if seed is not None:
         keras.utils.set_random_seed(seed)
