@@ -205,6 +205,10 @@ RESULTS_DIR = Param("results_dir", str, "results",
     kind="dir")
 DETERMINISTIC = Param("deterministic", bool, False,
     "TensorFlow op determinism: identical reruns on the same machine (can be slower)")
+STRATEGY = Param("strategy", str, "default",
+    "where Keras models train: default (one device), mirrored (every local GPU), multi_worker "
+    "(the cluster in TF_CONFIG)",
+    choices=("default", "mirrored", "multi_worker"))
 TENSORBOARD_DIR = Param("tensorboard_dir", str, "",
     "folder of TensorBoard logs of every training, for `tensorboard --logdir` (\"\": off)",
     kind="optional_dir")
@@ -250,6 +254,7 @@ SCHEMAS: dict[str, tuple[Param, ...]] = {
         SEED,
         DETERMINISTIC,
         TENSORBOARD_DIR,
+        STRATEGY,
         RESULTS_DIR,
     ),
     "02_mse_objective": (
@@ -326,6 +331,7 @@ SCHEMAS: dict[str, tuple[Param, ...]] = {
         SEED,
         DETERMINISTIC,
         TENSORBOARD_DIR,
+        STRATEGY,
         RESULTS_DIR,
     ),
     "04_gan_training": (
@@ -378,6 +384,7 @@ SCHEMAS: dict[str, tuple[Param, ...]] = {
         SEED,
         DETERMINISTIC,
         TENSORBOARD_DIR,
+        STRATEGY,
         RESULTS_DIR,
     ),
 }
@@ -568,6 +575,7 @@ class Run:
     params: dict[str, Any]
     metrics: dict[str, Any] = field(default_factory=dict)
     tensorboard: Any = None  # the open :class:`support.tensorboard_logs.Logs`, if tensorboard_dir is set
+    distribute_strategy: Any = None  # the ``tf.distribute.Strategy`` of the ``strategy`` parameter
 
     def __getattr__(self, name):
         params = self.__dict__.get("params", {})
@@ -614,8 +622,10 @@ def start(notebook: str, namespace: Mapping[str, Any], deterministic: bool = Fal
     ``globals()``), seed everything with ``seed`` (with op determinism when ``deterministic``
     is passed here or is a true parameter), import TensorFlow without its start-up lines
     (:func:`import_tensorflow`), open the notebook's TensorBoard logging block when
-    ``tensorboard_dir`` is set (:mod:`support.tensorboard_logs`; ``run.tensorboard``), set the
-    figure defaults, return the run.
+    ``tensorboard_dir`` is set (:mod:`support.tensorboard_logs`; ``run.tensorboard``), enter
+    the scope of the ``strategy`` parameter's distribution strategy for the rest of the kernel
+    (``run.distribute_strategy``; TensorFlow's default strategy when the notebook has no such
+    parameter), set the figure defaults, return the run.
 
     Raises ``ValueError`` naming the parameter for a bad value, and for a name that papermill
     injected but the notebook does not declare.
@@ -632,10 +642,16 @@ def start(notebook: str, namespace: Mapping[str, Any], deterministic: bool = Fal
     if missing:
         raise ValueError(f"the parameters cell of {notebook} does not define {missing[0]!r}.")
     values = validate(notebook, {p.name: namespace[p.name] for p in params})
+    if values.get("strategy") == "multi_worker" and not os.environ.get("TF_CONFIG"):
+        raise ValueError(
+            "parameter strategy='multi_worker' needs the TF_CONFIG environment variable (the "
+            "cluster and this worker's index), set on every worker before its kernel starts; "
+            "on one machine use strategy='default' or 'mirrored'.")
     _quiet_retracing(import_tensorflow())
     if "seed" in values:
         set_seed(values["seed"], deterministic=deterministic or values.get("deterministic", False))
     run = Run(notebook, values)
+    run.distribute_strategy = _enter_strategy(values.get("strategy", "default"))
     global _notebook_logs
     if _notebook_logs is not None:  # ``start`` run again in the same kernel
         _notebook_logs.close()
@@ -651,6 +667,24 @@ def start(notebook: str, namespace: Mapping[str, Any], deterministic: bool = Fal
 
 
 _notebook_logs = None  # the TensorBoard block the last ``start`` opened, if any
+_strategy_scope = None  # the distribution scope the last ``start`` entered, if any
+
+
+def _enter_strategy(kind: str):
+    """The notebook's ``tf.distribute`` strategy (:func:`support.training.strategy`), its scope
+    entered until the kernel ends or the next ``start`` (a ``with`` block cannot span cells):
+    every Keras model the notebook builds afterwards is built, compiled and fitted under it."""
+    global _strategy_scope
+    if _strategy_scope is not None:
+        _strategy_scope.__exit__(None, None, None)
+        _strategy_scope = None
+    from .training import strategy
+
+    chosen = strategy(kind)
+    if kind != "default":
+        _strategy_scope = chosen.scope()
+        _strategy_scope.__enter__()
+    return chosen
 
 
 def _figure_defaults():

@@ -549,7 +549,15 @@ class VAE(keras.Model):
             flat = [tf.reshape(g, [-1]) for g in gradients]
             return tf.concat(flat[: len(encoder_weights)], 0), tf.concat(flat[len(encoder_weights):], 0)
 
-        samples = [one_draw(tf.constant(i)) for i in range(draws)]
+        # Under a distribution strategy the weights are distributed variables, whose gradients
+        # exist only in a replica context: each draw runs on the replicas (every replica sees
+        # the whole of ``x``) and the first replica's gradients are kept.
+        strategy = self.distribute_strategy
+
+        def first_replica(draw):
+            return strategy.experimental_local_results(strategy.run(one_draw, args=(draw,)))[0]
+
+        samples = [first_replica(tf.constant(i)) for i in range(draws)]
         result = {}
         for name, part in (("encoder", 0), ("decoder", 1)):
             g = np.stack([s[part].numpy() for s in samples]).astype(np.float64)
