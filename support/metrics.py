@@ -691,3 +691,94 @@ def precision_recall(real_features, fake_features, k: int = 3) -> PrecisionRecal
     real, fake = _feature_pair(real_features, fake_features, "real_features", "fake_features")
     checks.integer(k, "k", minimum=1, maximum=min(len(real), len(fake)) - 1)
     return PrecisionRecall(float(_inside(fake, real, k).mean()), float(_inside(real, fake, k).mean()))
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def _mixture_arguments(x, means, std, weights):
+    """``x [n, d]``, ``means [k, d]``, ``std`` and ``log_weights [k]``, checked, in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    means = np.asarray(means, dtype=np.float64)
+    if x.ndim != 2 or means.ndim != 2 or x.shape[1] != means.shape[1] or len(means) == 0:
+        raise ValueError(
+            f"x {x.shape} and means {means.shape} must be [n, d] and [k, d] with the same d, k >= 1."
+        )
+    std = checks.positive_float(std, "std")
+    if weights is None:
+        return x, means, std, np.full(len(means), -np.log(len(means)))
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != (len(means),) or np.any(weights < 0) or not np.isclose(weights.sum(), 1.0):
+        raise ValueError(
+            f"weights={weights!r} must be {len(means)} non-negative numbers that sum to 1, one per mean."
+        )
+    with np.errstate(divide="ignore"):  # a weight of 0 is a component that is never drawn
+        return x, means, std, np.log(weights)
+
+
+def _component_log_densities(x, means, std, log_weights):
+    """``[n, k]``: ``log w_k + log N(x; mu_k, std^2 I)``."""
+    squared = ((x[:, None, :] - means[None, :, :]) ** 2).sum(axis=-1)
+    return log_weights - squared / (2 * std**2) - 0.5 * x.shape[1] * np.log(2 * np.pi * std**2)
+
+
+def mixture_log_density(x, means, std: float, weights=None) -> np.ndarray:
+    """Log-density of an isotropic Gaussian mixture, ``[n]`` in nats:
+    ``log p(x) = log sum_k w_k N(x; mu_k, std^2 I)``, by log-sum-exp (the largest term is taken
+    out before exponentiating, so points far from every mode do not underflow to ``-inf``).
+
+    The data of :func:`support.data.mixture` noised by ``x~ = x + sigma n`` are again such a
+    mixture: the same ``means`` (``mixture_spec(name).centers``) with
+    ``std = sqrt(mixture_spec(name).std^2 + sigma^2)``.
+
+    Args:
+        x: ``[n, d]`` points.
+        means: ``[k, d]`` component means ``mu_k``.
+        std: the components' common standard deviation, ``> 0``.
+        weights: ``[k]`` mixture weights summing to 1; ``None`` for equal weights.
+    """
+    log_terms = _component_log_densities(*_mixture_arguments(x, means, std, weights))
+    top = log_terms.max(axis=1, keepdims=True)
+    return (top + np.log(np.exp(log_terms - top).sum(axis=1, keepdims=True)))[:, 0]
+
+
+def mixture_score(x, means, std: float, weights=None) -> np.ndarray:
+    """The score ``grad_x log p(x)`` of an isotropic Gaussian mixture, ``[n, d]``:
+    ``sum_k r_k(x) (mu_k - x) / std^2`` with the responsibilities
+    ``r_k(x) = softmax_k(log w_k + log N(x; mu_k, std^2 I))`` (a softmax, stable far from the
+    modes). Same arguments as :func:`mixture_log_density`."""
+    x, means, std, log_weights = _mixture_arguments(x, means, std, weights)
+    log_terms = _component_log_densities(x, means, std, log_weights)
+    responsibilities = np.exp(log_terms - log_terms.max(axis=1, keepdims=True))
+    responsibilities /= responsibilities.sum(axis=1, keepdims=True)
+    return (responsibilities @ means - x) / std**2
+
+
+class ScoreError(NamedTuple):
+    """How far an estimated score is from the exact one, per point (see :func:`score_error`).
+
+    Attributes:
+        cosine: ``[n]`` cosine similarity of the two vectors, in ``[-1, 1]`` (1: same direction).
+        relative: ``[n]`` relative error ``||estimated - exact|| / ||exact||``.
+    """
+
+    cosine: np.ndarray
+    relative: np.ndarray
+
+
+def score_error(estimated, exact) -> ScoreError:
+    """Per-point agreement of an ``estimated`` score with the ``exact`` one (``[n, ...]`` each,
+    flattened to vectors): the cosine similarity ``<e, s> / (||e|| ||s||)`` and the relative
+    error ``||e - s|| / ||s||``. Where a norm is 0 (at a mode, the exact score vanishes) the
+    quotient is undefined and is ``nan``: summarise with ``np.nanmedian``."""
+    estimated, exact = _flat(estimated), _flat(exact)
+    if estimated.shape != exact.shape:
+        raise ValueError(f"estimated {estimated.shape} and exact {exact.shape} must have the same shape.")
+    norm_estimated = np.linalg.norm(estimated, axis=1)
+    norm_exact = np.linalg.norm(exact, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cosine = np.sum(estimated * exact, axis=1) / (norm_estimated * norm_exact)
+        relative = np.linalg.norm(estimated - exact, axis=1) / norm_exact
+    cosine = np.where(norm_estimated * norm_exact > 0, cosine, np.nan)
+    relative = np.where(norm_exact > 0, relative, np.nan)
+    return ScoreError(np.clip(cosine, -1.0, 1.0), relative)

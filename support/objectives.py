@@ -445,3 +445,168 @@ def step_logs(metrics) -> dict:
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
         strategy.extended._in_multi_worker_mode())
     return {name: tf.reshape(value, (1,)) for name, value in logs.items()} if multi_worker else logs
+
+
+# --------------------------------------------------------------------------- diffusion and scores
+#
+# The terms of a DDPM's ELBO (Sohl-Dickstein et al. 2015; Ho et al. 2020) and the score-matching
+# losses (Hyvärinen 2005; Vincent 2011). Steps ``t`` count from 1: ``beta_t``, ``alpha_t =
+# 1 - beta_t`` and ``alpha_bar_t = prod_{s <= t} alpha_s`` are passed in as numbers or per-example
+# ``[batch]`` tensors (see :func:`support.models.diffusion.noise_schedule`), so nothing here
+# depends on how a schedule is stored.
+
+
+def _per_example_factor(value, x):
+    """``value`` (a scalar, or ``[batch]``: one per example) cast to ``x.dtype`` and shaped to
+    broadcast against ``x: [batch, ...]``."""
+    value = _cast(value, x.dtype)
+    if value.shape.rank == 1:
+        value = tf.reshape(value, [-1] + [1] * (x.shape.rank - 1))
+    return value
+
+
+def gaussian_kl(mean_q, var_q, mean_p, var_p):
+    """``KL(N(mean_q, diag var_q) || N(mean_p, diag var_p))``, summed per example.
+
+    ``KL = 1/2 sum_i [var_q,i / var_p,i - 1 - log(var_q,i / var_p,i)
+    + (mean_q,i - mean_p,i)^2 / var_p,i]``, the sum running over every non-batch axis: the
+    first bracket is the price of the wrong variance, the last that of the wrong mean.
+
+    Args:
+        mean_q: ``[batch, ...]`` mean of ``q``.
+        var_q, var_p: variances, positive, broadcastable to ``mean_q`` (a scalar, one per value,
+            or ``[batch, 1, ...]`` for one per example).
+        mean_p: mean of ``p``, broadcastable to ``mean_q``.
+
+    Returns:
+        ``[batch]`` KL divergences in nats, ``>= 0``.
+    """
+    mean_q = tf.convert_to_tensor(mean_q)
+    var_q, mean_p, var_p = (_cast(v, mean_q.dtype) for v in (var_q, mean_p, var_p))
+    ratio = var_q / var_p
+    kl = 0.5 * (ratio - 1.0 - tf.math.log(ratio) + tf.square(mean_q - mean_p) / var_p)
+    return _sum_per_example(kl + tf.zeros_like(mean_q))
+
+
+def ddpm_prior_term(x0, alpha_bar):
+    """The prior term of a DDPM's ELBO: ``L_T = KL(q(x_T | x_0) || N(0, I))``, per example.
+
+    ``q(x_T | x_0) = N(sqrt(alpha_bar_T) x_0, (1 - alpha_bar_T) I)``, so
+    ``L_T = 1/2 sum_i [alpha_bar_T x_0,i^2 - alpha_bar_T - log(1 - alpha_bar_T)]``: no
+    parameter enters it, and it is small when ``alpha_bar_T`` is (``~ 2e-5`` nats per value for
+    the linear schedule of 1000 steps and data of unit scale).
+
+    Args:
+        x0: ``[batch, ...]`` data.
+        alpha_bar: ``alpha_bar_T`` in ``[0, 1)``, a number or ``[batch]``.
+
+    Returns:
+        ``[batch]`` values in nats, ``>= 0``.
+    """
+    x0 = tf.convert_to_tensor(x0)
+    alpha_bar = _per_example_factor(alpha_bar, x0)
+    return gaussian_kl(tf.sqrt(alpha_bar) * x0, 1.0 - alpha_bar, 0.0, 1.0)
+
+
+def ddpm_step_term(eps, eps_pred, beta, alpha_bar, posterior_variance, variance=None):
+    """The step term ``L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t))`` of a
+    DDPM's ELBO for a step ``t >= 2``, per example, written with the noise ``eps`` that made
+    ``x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps`` and its prediction ``eps_pred``.
+
+    Both distributions are Gaussian. ``q`` has mean ``mu~ = (x_t - beta_t / sqrt(1 -
+    alpha_bar_t) eps) / sqrt(alpha_t)`` and variance ``beta~_t = (1 - alpha_bar_{t-1}) / (1 -
+    alpha_bar_t) beta_t`` (``posterior_variance``); ``p_theta`` has mean ``mu_theta``, the same
+    expression with ``eps_pred``, and a fixed variance ``sigma_t^2``. Their KL is (Ho et al.
+    2020, eq. 12)
+
+        L_{t-1} = beta_t^2 / (2 sigma_t^2 alpha_t (1 - alpha_bar_t)) ||eps - eps_pred||^2
+                  + d/2 [r - 1 - log r],    r = beta~_t / sigma_t^2,
+
+    ``d`` the number of values per example; the second term vanishes for ``sigma_t^2 =
+    beta~_t`` (``variance=None``), the choice that makes ``L_{t-1}`` a weighted squared error
+    of the noise prediction alone.
+
+    Args:
+        eps, eps_pred: ``[batch, ...]`` the noise and its prediction ``eps_theta(x_t, t)``.
+        beta, alpha_bar, posterior_variance: ``beta_t``, ``alpha_bar_t`` and ``beta~_t``,
+            numbers or ``[batch]`` (``beta~_t > 0``, so ``t >= 2``).
+        variance: ``sigma_t^2``, a number or ``[batch]``; ``None`` takes ``beta~_t``.
+
+    Returns:
+        ``[batch]`` values in nats, ``>= 0``.
+    """
+    eps = tf.convert_to_tensor(eps)
+    eps_pred = _cast(eps_pred, eps.dtype)
+    beta, alpha_bar, posterior_variance = (
+        _cast(v, eps.dtype) for v in (beta, alpha_bar, posterior_variance))
+    variance = posterior_variance if variance is None else _cast(variance, eps.dtype)
+    weight = tf.square(beta) / (2.0 * variance * (1.0 - beta) * (1.0 - alpha_bar))
+    squared_error = _sum_per_example(tf.square(eps - eps_pred))
+    ratio = posterior_variance / variance
+    values = tf.cast(tf.size(eps) // tf.shape(eps)[0], eps.dtype)
+    return weight * squared_error + 0.5 * values * (ratio - 1.0 - tf.math.log(ratio))
+
+
+def ddpm_simple_loss(eps, eps_pred):
+    """Ho et al. (2020)'s ``L_simple`` per example: ``mean_i (eps_i - eps_pred_i)^2``, the
+    squared error of the noise prediction **averaged** over the values of an example.
+
+    It is :func:`ddpm_step_term` without its weight ``beta_t^2 / (2 sigma_t^2 alpha_t (1 -
+    alpha_bar_t))`` (and divided by ``d``): the weight grows without bound as ``t -> 1``, and
+    dropping it trains better samplers than the ELBO does. The mean over values, not the sum,
+    keeps the loss near 1 at the start of training whatever the data's size.
+
+    Args:
+        eps, eps_pred: ``[batch, ...]`` the noise and its prediction.
+
+    Returns:
+        ``[batch]`` mean squared errors, ``>= 0``.
+    """
+    eps = tf.convert_to_tensor(eps)
+    eps_pred = _cast(eps_pred, eps.dtype)
+    values = tf.cast(tf.size(eps) // tf.shape(eps)[0], eps.dtype)
+    return _sum_per_example(tf.square(eps - eps_pred)) / values
+
+
+def explicit_score_matching_loss(score, true_score):
+    """Explicit score matching (Hyvärinen 2005), per example:
+    ``1/2 ||s_theta(x) - grad_x log p(x)||^2``, summed over the values of an example.
+
+    It needs the true score, which is known only for toy data; :func:`denoising_score_matching_loss`
+    has the same minimiser without it.
+
+    Args:
+        score: ``[batch, ...]`` the model's score ``s_theta(x)``.
+        true_score: ``[batch, ...]`` ``grad_x log p(x)`` at the same points.
+
+    Returns:
+        ``[batch]`` values, ``>= 0``.
+    """
+    score = tf.convert_to_tensor(score)
+    return 0.5 * _sum_per_example(tf.square(score - _cast(true_score, score.dtype)))
+
+
+def denoising_score_matching_loss(score, x_noisy, x, sigma):
+    """Denoising score matching (Vincent 2011), per example:
+    ``1/2 ||s_theta(x~) + (x~ - x) / sigma^2||^2`` for ``x~ = x + sigma * n``, ``n ~ N(0, I)``.
+
+    ``-(x~ - x) / sigma^2 = grad_x~ log q_sigma(x~ | x)`` is the score of the noising kernel.
+    Vincent showed that its expectation over ``x ~ p`` and ``x~`` equals the explicit
+    score-matching loss of the noised density ``q_sigma(x~) = int q_sigma(x~|x) p(x) dx`` plus
+    a constant independent of ``theta``, so both have the same minimiser
+    ``s_theta = grad log q_sigma``. Weighting by ``sigma^2`` (Song and Ermon 2019) makes the
+    losses of several noise levels comparable: ``sigma^2 * loss = 1/2 ||sigma s_theta + n||^2``.
+
+    Args:
+        score: ``[batch, ...]`` ``s_theta(x~)``.
+        x_noisy: ``[batch, ...]`` ``x~``.
+        x: ``[batch, ...]`` the clean data.
+        sigma: the noise's standard deviation, a number or ``[batch]``.
+
+    Returns:
+        ``[batch]`` values, ``>= 0``.
+    """
+    score = tf.convert_to_tensor(score)
+    x_noisy, x = _cast(x_noisy, score.dtype), _cast(x, score.dtype)
+    sigma = _per_example_factor(sigma, score)
+    return 0.5 * _sum_per_example(tf.square(score + (x_noisy - x) / tf.square(sigma)))
