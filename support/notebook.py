@@ -370,7 +370,38 @@ SCHEMAS: dict[str, tuple[Param, ...]] = {
         TENSORBOARD_DIR,
         RESULTS_DIR,
     ),
-    "05_comparison": (
+    "05_diffusion": (
+        Param("toy", str, "ring8",
+              "2-D mixture the diffusion models are trained on: ring8 or grid25",
+              choices=("ring8", "grid25")),
+        Param("timesteps", int, 200, "diffusion steps T of the trained models", low=2, high=10000),
+        Param("schedule", str, "linear",
+              "noise schedule: linear (Ho et al. 2020, scaled to T) or cosine (Nichol and Dhariwal 2021)",
+              choices=("linear", "cosine")),
+        Param("fourier_frequencies", list, [1.0, 2.0, 4.0, 8.0, 16.0, 32.0],
+              "angular frequencies of the Fourier features of x_t fed to the network ([0]: none)",
+              item=float, low=0.0, high=1000.0),
+        Param("toy_steps", int, 3000, "training steps of each model on the 2-D mixture",
+              low=10, high=1000000),
+        Param("toy_batch_size", int, 256, "points per training step", low=2, high=100000),
+        Param("learning_rate", float, 0.001, "peak Adam rate (cosine decay to 0)", low=1e-06, high=1.0),
+        Param("seeds", list, [0, 1, 2, 3, 4], "seeds of the models on the 2-D mixture (notebook 04's)",
+              low=0, high=2147483647),
+        Param("sampling_steps", list, [5, 10, 20, 50, 100],
+              "DDIM step counts of section 6 (at most timesteps)",
+              low=2, high=10000),
+        Param("langevin_step_size", float, 0.0001,
+              "annealed Langevin's step epsilon at the smallest noise level", low=1e-09, high=1.0),
+        Param("checkpoint_dir", str, "",
+              "folder of checkpoints, one subfolder per seed; rerunning with the same folder "
+              "resumes (\"\": off)",
+              kind="optional_dir"),
+        SEED,
+        DETERMINISTIC,
+        TENSORBOARD_DIR,
+        RESULTS_DIR,
+    ),
+    "06_comparison": (
         DATASET,
         replace(LATENT_DIM, help="code size k, the same for the three models (the GAN's noise z)"),
         Param("epochs", int, 200,
@@ -790,6 +821,46 @@ def show_markdown(text: str):
     from IPython.display import Markdown, display
 
     display(Markdown(text))
+
+
+def recorded(notebook: str, results_dir: str | os.PathLike | None = None) -> tuple[dict[str, Any], str]:
+    """What another notebook of the series recorded, flattened (``{"toy.plain.modes": [...]}``),
+    and where it was read from.
+
+    From ``<results_dir>/<notebook>.json`` when that file exists (a run of the series writes
+    every notebook's results to one folder, so a later notebook reads the numbers of the run
+    before it); otherwise from the committed notebook's collapsed record table, as shown there
+    (numbers to 4 significant digits). Raises ``ValueError`` naming both places when neither
+    exists.
+    """
+    if results_dir is not None:
+        path = Path(results_dir).expanduser() / f"{notebook}.json"
+        if path.is_file():
+            return flatten(json.loads(path.read_text())["metrics"]), f"this run's {path.name}"
+    committed = project_root() / "notebooks" / f"{notebook}.ipynb"
+    if not committed.is_file():
+        raise ValueError(f"no results of {notebook}: neither {results_dir}/{notebook}.json nor "
+                         f"{committed} exists; run {notebook} first with the same results_dir.")
+    return _committed_record(json.loads(committed.read_text())), f"the committed {committed.name}"
+
+
+def _committed_record(document: dict) -> dict[str, Any]:
+    """The rows of the last record table (``run.record(show="collapsed")``) in a notebook."""
+    flat = {}
+    for cell in document.get("cells", []):
+        for output in cell.get("outputs", []):
+            text = "".join(output.get("data", {}).get("text/markdown", ""))
+            if "recorded metrics" not in text or "<details>" not in text:
+                continue
+            flat = {}
+            for line in text.splitlines()[2:]:
+                cells = [c.strip().replace("\\|", "|") for c in line.strip().strip("|").split(" | ")]
+                if len(cells) == 2 and cells[0] not in ("metric", "---"):
+                    try:
+                        flat[cells[0]] = json.loads(cells[1])
+                    except ValueError:
+                        flat[cells[0]] = cells[1]
+    return flat
 
 
 def write_json_atomic(path: Path, document: Any) -> None:

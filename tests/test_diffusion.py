@@ -485,6 +485,28 @@ def test_keras_round_trip_of_an_image_model_reproduces_its_predictions(tmp_path)
     assert loaded.optimizer.iterations.numpy() == model.optimizer.iterations.numpy() == 2
 
 
+def test_fourier_features_are_x_then_sines_then_cosines_and_survive_a_keras_round_trip(tmp_path):
+    x = np.array([[0.5, -1.0], [2.0, 0.0]], dtype=np.float32)
+    features = numpy(D.fourier_features(x, (1.0, 3.0)))
+    expected = np.concatenate([x, np.sin(x[:, :, None] * [1.0, 3.0]).reshape(2, -1),
+                               np.cos(x[:, :, None] * [1.0, 3.0]).reshape(2, -1)], axis=1)
+    np.testing.assert_allclose(features, expected, atol=1e-6)
+    np.testing.assert_array_equal(numpy(D.fourier_features(x, ())), x)
+    keras.utils.set_random_seed(0)
+    model = D.Diffusion(input_shape=(2,), timesteps=20, widths=(16,), embedding_dim=8,
+                        fourier_frequencies=(1, 2, 4))
+    assert model.denoiser.inputs[0].shape[-1] == 2 * (1 + 2 * 3)
+    path = tmp_path / "ff.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.fourier_frequencies == (1.0, 2.0, 4.0)
+    t = np.array([3, 17])
+    np.testing.assert_array_equal(numpy(loaded((x, t))), numpy(model((x, t))))
+    for bad in [(0,), (1, -2), 4, ("a",)]:
+        with pytest.raises(ValueError, match="fourier_frequencies="):
+            D.Diffusion(fourier_frequencies=bad)
+
+
 @pytest.fixture
 def deterministic_ops():
     """Deterministic TensorFlow ops for one test (the switch is process-wide)."""
@@ -507,3 +529,34 @@ def test_fit_resumable_resumes_an_interrupted_training_to_the_same_weights(deter
     assert (result.start_step, result.steps_run) == (16, 32)
     for a, b in zip(whole.variables, resumed.variables):  # weights, optimizer and noise state
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_annealed_langevin_in_segments_takes_the_steps_of_one_run():
+    mean, std = np.array([1.0, -1.0]), np.array([0.3, 0.3])
+    score = D.gaussian_data_score_fn(mean, std)
+    sigmas = D.geometric_sigmas(1.0, 0.1, 4)
+    calls = []
+
+    def recording(x, sigma):
+        calls.append(sigma)
+        return score(x, sigma)
+
+    whole = D.annealed_langevin(recording, sigmas, (4000, 2), steps_per_level=50, step_size=0.01, seed=1)
+    first = D.annealed_langevin(score, sigmas[:2], (4000, 2), steps_per_level=50, step_size=0.01, seed=1,
+                                sigma_min=sigmas[-1])
+    rest = D.annealed_langevin(score, sigmas[2:], (4000, 2), steps_per_level=50, step_size=0.01, seed=2,
+                               start=first, sigma_min=sigmas[-1])
+    assert calls == [float(s) for s in sigmas for _ in range(50)]
+    def stationary_variance(sigma):
+        """Langevin with step alpha on N(mean, v) settles at v / (1 - alpha / (4 v)), not v."""
+        v, alpha = std**2 + sigma**2, 0.01 * (sigma / sigmas[-1]) ** 2
+        return v / (1 - alpha / (4 * v))
+
+    # after the first two levels the chain is at level 2's noised data (alpha_2 = 0.22: a visible bias)
+    np.testing.assert_allclose(first.var(0), stationary_variance(sigmas[1]), rtol=0.1)
+    # and both ways end at level 4's
+    for end in (whole, rest):
+        np.testing.assert_allclose(end.mean(0), mean, atol=0.03)
+        np.testing.assert_allclose(end.var(0), stationary_variance(sigmas[-1]), rtol=0.1)
+    with pytest.raises(ValueError, match=r"start has shape \(3, 2\)"):
+        D.annealed_langevin(score, sigmas, (2000, 2), start=np.zeros((3, 2)))

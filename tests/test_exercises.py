@@ -27,6 +27,8 @@ QUICK = {
                         linear_epochs=2, nll_samples=10, betas=[1.0], seeds=1, iwae_samples=[1, 2],
                         snr_samples=[1, 2]),
     "04_gan_training": dict(train_size=400, epochs=2, toy_steps=100, seeds=[0, 1]),
+    "05_diffusion": dict(toy_steps=100, seeds=[0, 1], timesteps=50, sampling_steps=[5, 10],
+                         toy_batch_size=64),
 }
 
 SOLUTION = re.compile(r"<summary>\s*Solution\s*</summary>(.*?)</details>", re.S)

@@ -334,3 +334,21 @@ def test_tensorflows_own_log_lines_still_reach_a_program_that_imports_support():
     assert done.stdout.strip().splitlines()[-1] == "unset"
     # the CPU wheel logs at least its CPU-features line (I...) at start-up, as it does without support
     assert re.search(r"^[IWEF]\d{4} ", done.stderr, re.M), done.stderr
+
+
+def test_recorded_reads_a_runs_results_first_then_the_committed_notebook(tmp_path):
+    from support import notebook
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "04_gan_training.json").write_text(
+        json.dumps({"parameters": {}, "metrics": {"toy": {"plain": {"modes": [3, 4]}}}}))
+    flat, source = notebook.recorded("04_gan_training", results)
+    assert flat == {"toy.plain.modes": [3, 4]} and "this run's" in source
+    # no results file: the committed notebook's collapsed record table, parsed back
+    flat, source = notebook.recorded("04_gan_training", tmp_path / "elsewhere")
+    assert "committed" in source
+    assert len(flat["toy.plain.modes"]) == 5 and all(isinstance(m, int) for m in flat["toy.plain.modes"])
+    assert 0 < flat["toy.cosine.high_quality_mean"] <= 1
+    with pytest.raises(ValueError, match="no results of 99_missing"):
+        notebook.recorded("99_missing", tmp_path)

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import nbformat
 import numpy as np
@@ -51,7 +52,8 @@ BAD_PARAMETERS = {
         ("02_mse_objective", "latent_dim", "eight", "an integer from 1 to 256"),
         ("03_vae_elbo", "beta", "high", "a number from 0.0 to 100.0"),
         ("04_gan_training", "deterministic", "yes", "true or false"),
-        ("05_comparison", "gan_epochs", "[10]", "an integer from 1 to 5000"),
+        ("06_comparison", "gan_epochs", "[10]", "an integer from 1 to 5000"),
+        ("05_diffusion", "toy_steps", 2.5, "an integer from 10 to 1000000"),
     ],
     "out of range": [
         ("00_start_here", "samples", 0, "an integer from 1 to 200"),
@@ -59,7 +61,8 @@ BAD_PARAMETERS = {
         ("02_mse_objective", "noise", 1.5, "a number from 0.0 to 1.0"),
         ("03_vae_elbo", "nll_samples", 0, "an integer from 1 to 100000"),
         ("04_gan_training", "seeds", "[0, -1]", "a list of integers from 0 to"),
-        ("05_comparison", "latent_dim", 0, "an integer from 1 to 256"),
+        ("05_diffusion", "fourier_frequencies", "[1, -2]", "a list of numbers from 0.0 to 1000.0"),
+        ("06_comparison", "latent_dim", 0, "an integer from 1 to 256"),
     ],
     "unknown choice": [
         ("00_start_here", "dataset", "cifar", "one of 'digits', 'mnist', 'fashion_mnist'"),
@@ -67,7 +70,8 @@ BAD_PARAMETERS = {
         ("02_mse_objective", "dataset", "MNIST", "one of 'digits', 'mnist', 'fashion_mnist'"),
         ("03_vae_elbo", "likelihood", "poisson", "one of 'bernoulli', 'gaussian'"),
         ("04_gan_training", "loss", "lsgan", "one of 'non_saturating', 'minimax', 'hinge', 'wgan_gp'"),
-        ("05_comparison", "dataset", "celeba", "one of 'digits', 'mnist', 'fashion_mnist'"),
+        ("05_diffusion", "schedule", "sigmoid", "one of 'linear', 'cosine'"),
+        ("06_comparison", "dataset", "celeba", "one of 'digits', 'mnist', 'fashion_mnist'"),
     ],
     "unknown name": [
         ("00_start_here", "sample", 8, "its parameters are dataset, deterministic,"),
@@ -75,22 +79,23 @@ BAD_PARAMETERS = {
         ("02_mse_objective", "epoch", 3, "its parameters are batch_size, code_sizes,"),
         ("03_vae_elbo", "kl_warmup", 5, "its parameters are batch_size, beta, betas,"),
         ("04_gan_training", "gan_epochs", 3, "its parameters are batch_size, checkpoint_dir,"),
-        ("05_comparison", "gan_epoch", 3, "its parameters are batch_size, dataset,"),
+        ("05_diffusion", "epochs", 3, "its parameters are checkpoint_dir, deterministic,"),
+        ("06_comparison", "gan_epoch", 3, "its parameters are batch_size, dataset,"),
     ],
     "empty results_dir": [
         (name, "results_dir", "", "(empty): results_dir must be a non-empty folder path")
         for name in ("00_start_here", "01_autoencoders", "02_mse_objective", "03_vae_elbo",
-                     "04_gan_training", "05_comparison")
+                     "04_gan_training", "05_diffusion", "06_comparison")
     ],
     "results_dir is a file": [
         (name, "results_dir", "FILE", "(it is a file): results_dir must be a non-empty folder path")
         for name in ("00_start_here", "01_autoencoders", "02_mse_objective", "03_vae_elbo",
-                     "04_gan_training", "05_comparison")
+                     "04_gan_training", "05_diffusion", "06_comparison")
     ],
     "other folders": [
         ("03_vae_elbo", "checkpoint_dir", "FILE", "(it is a file): checkpoint_dir must be a folder path"),
         ("04_gan_training", "checkpoint_dir", " ", "a folder path that is not an existing file"),
-        ("05_comparison", "tensorboard_dir", "FILE", "(it is a file): tensorboard_dir must be a folder"),
+        ("06_comparison", "tensorboard_dir", "FILE", "(it is a file): tensorboard_dir must be a folder"),
     ],
 }
 
@@ -525,8 +530,54 @@ def test_gan_on_mnist(tmp_path, data_dir):
 # --------------------------------------------------------------------------- 05 comparison
 
 
+def test_diffusion_quality_gates_at_defaults(tmp_path):
+    metrics = default_run_metrics("05_diffusion", tmp_path, execute)
+    # the identities, to numerical precision
+    assert metrics["tweedie_max_error"] < 1e-10
+    assert metrics["posterior_max_error"] < 1e-10
+    assert metrics["step_term_max_relative_error"] < 1e-8
+    assert metrics["step_term_monte_carlo_max_z"] < 4  # the KL against Monte Carlo, within 4 s.e.
+    # DSM - ESM is the same constant for every score model, to Monte Carlo precision (paired s.e.)
+    assert metrics["dsm_minus_esm_max_z"] < 4
+    # the exact-predictor ELBO of Gaussian data is below log p at every T, its gap falling in T and
+    # staying above its limit d gamma / 2 (measured linear 18.6 -> 0.69, cosine 1.94 -> 0.66 nats)
+    for gaps in metrics["gaussian_elbo_gap"].values():
+        assert all(g > metrics["gaussian_elbo_gap_limit"] for g in gaps)
+        assert all(a > b for a, b in zip(gaps, gaps[1:]))
+    assert metrics["gaussian_elbo_above_log_p_theta"] < 0  # per example, against the model's exact log p
+    # the learned score points the exact way where the noised data have mass (measured >= 0.995)
+    assert min(min(v) for v in metrics["score_median_cosine"].values()) >= 0.95
+    # ring8: every mode on every seed, and >= 80 % of samples within 3 sigma (measured 96.8-97.4 %)
+    ring = metrics["ring"]
+    assert min(ring["modes"]) == 8
+    assert min(ring["high_quality"]) >= 0.8
+    # DDIM: more steps, sharper samples (5 steps measured 3 %, 100 steps 87 %)
+    ddim = metrics["ddim"]["high_quality"]
+    assert ddim[-1] > ddim[0] + 0.3
+    # Langevin with the learned scores: every mode, and the Tweedie step puts most samples on one
+    assert metrics["langevin"]["denoised_modes"] == 8
+    assert metrics["langevin"]["denoised_high_quality"] >= 0.8
+
+
+def test_diffusion_refuses_more_ddim_steps_than_timesteps_before_training(tmp_path):
+    began = time.perf_counter()
+    with pytest.raises(papermill.PapermillExecutionError, match="sampling_steps=.* above timesteps=20"):
+        execute("05_diffusion", tmp_path, timesteps=20, sampling_steps=[5, 50])
+    assert time.perf_counter() - began < 60  # stopped before the first training
+    assert not (tmp_path / "results").exists()
+
+
+def test_diffusion_rerun_resumes_from_checkpoints(tmp_path):
+    small = dict(toy_steps=40, seeds=[0, 1], timesteps=20, sampling_steps=[5, 10], toy_batch_size=64)
+    first = execute("05_diffusion", tmp_path / "a", checkpoint_dir=str(tmp_path / "ckpt"), **small)
+    again = execute("05_diffusion", tmp_path / "b", checkpoint_dir=str(tmp_path / "ckpt"), **small)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["ring-seed0", "ring-seed1"]
+    assert first["ring"]["modes"] == again["ring"]["modes"]  # restored, not retrained
+    assert again["ring"]["train_seconds"][0] < first["ring"]["train_seconds"][0]
+
+
 def test_comparison_table_at_defaults(tmp_path):
-    metrics = default_run_metrics("05_comparison", tmp_path, execute)
+    metrics = default_run_metrics("06_comparison", tmp_path, execute)
     models = metrics["models"]
     assert list(models) == ["autoencoder", "VAE", "GAN"]
     scored = {"classifier-FID", "classes_present", "class_KL_to_uniform", "parameters", "training_s"}
@@ -553,14 +604,14 @@ def test_comparison_table_at_defaults(tmp_path):
 
 
 def test_same_seed_with_op_determinism_records_identical_metrics(tmp_path):
-    """Two runs of notebook 05 (autoencoder, VAE, GAN, classifier) with the same seed and
+    """Two runs of notebook 06 (autoencoder, VAE, GAN, classifier) with the same seed and
     ``deterministic`` on record the same metrics, times aside; the first also writes
     TensorBoard logs, which must not change any result."""
     small = dict(train_size=320, test_size=128, epochs=3, gan_epochs=2, nll_samples=20, deterministic=True)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    first = execute("05_comparison", tmp_path / "a", tensorboard_dir=str(tmp_path / "logs"), **small)
-    second = execute("05_comparison", tmp_path / "b", **small)
+    first = execute("06_comparison", tmp_path / "a", tensorboard_dir=str(tmp_path / "logs"), **small)
+    second = execute("06_comparison", tmp_path / "b", **small)
 
     def without_times(metrics):
         return {key: without_times(value) if isinstance(value, dict) else value
@@ -586,7 +637,7 @@ assert type(run.distribute_strategy).__name__ == "MirroredStrategy"
     ("03_vae_elbo", dict(train_size=320, test_size=64, epochs=2, kl_warmup_epochs=1, sweep_epochs=1,
                          linear_epochs=2, nll_samples=10, betas=[1.0], seeds=1, iwae_samples=[1, 2],
                          snr_samples=[1, 2])),
-    ("05_comparison", dict(train_size=400, test_size=100, epochs=2, gan_epochs=2, nll_samples=5)),
+    ("06_comparison", dict(train_size=400, test_size=100, epochs=2, gan_epochs=2, nll_samples=5)),
 ])
 def test_the_strategy_parameter_builds_and_trains_every_keras_model_under_it(tmp_path, name, small):
     """``-p strategy mirrored``: the notebook runs through, and every Keras model it leaves

@@ -85,13 +85,13 @@ def test_two_notebooks_run_at_once_and_report_in_order(tmp_path):
     small = {"samples": 8, "train_size": 320, "test_size": 64, "epochs": 2, "gan_epochs": 1,
              "nll_samples": 10}
     stream = io.StringIO()
-    outcomes = runner.run(["00", "05"], small, out=tmp_path, stream=stream, jobs=2)
-    assert [(o.notebook, o.ok) for o in outcomes] == [("00_start_here", True), ("05_comparison", True)]
+    outcomes = runner.run(["00", "06"], small, out=tmp_path, stream=stream, jobs=2)
+    assert [(o.notebook, o.ok) for o in outcomes] == [("00_start_here", True), ("06_comparison", True)]
     lines = stream.getvalue().splitlines()
     started = [i for i, line in enumerate(lines) if line.endswith(" started")]
     done = [i for i, line in enumerate(lines) if " done in " in line]
     assert len(started) == len(done) == 2 and max(started) < min(done), lines
-    for name in ("00_start_here", "05_comparison"):
+    for name in ("00_start_here", "06_comparison"):
         assert (tmp_path / f"{name}.ipynb").is_file()
         assert json.loads((tmp_path / "results" / f"{name}.json").read_text())["metrics"]
     assert outcomes[1].metrics["models"]["GAN"]["classes_present"] >= 1

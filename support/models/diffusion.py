@@ -331,7 +331,8 @@ def geometric_sigmas(sigma_max: float, sigma_min: float, levels: int) -> np.ndar
 
 
 def annealed_langevin(score_fn, sigmas, shape, steps_per_level: int = 100, step_size: float = 2e-5,
-                      seed: int = 0, denoise: bool = False, progress: bool = False):
+                      seed: int = 0, denoise: bool = False, progress: bool = False, start=None,
+                      sigma_min: float | None = None):
     """Annealed Langevin dynamics (Song and Ermon 2019, algorithm 1).
 
     From ``x ~ N(0, sigma_1^2 I)``, for each level ``i = 1..L`` of ``sigmas``
@@ -353,6 +354,12 @@ def annealed_langevin(score_fn, sigmas, shape, steps_per_level: int = 100, step_
             ``(seed, k)``, the start ``(seed, 0)``.
         denoise: end with the Tweedie step.
         progress: show a tqdm bar over the levels.
+        start: ``shape`` points to start from instead of the ``N(0, sigma_1^2 I)`` draw, to go on
+            from an earlier call down further levels (give that call another ``seed``: the
+            update streams restart at 1).
+        sigma_min: the ``sigma_L`` of the step rule (default: the last of ``sigmas``); when a
+            ladder runs in segments, give every segment the whole ladder's last level, so that
+            each level takes the step it would take in one run.
 
     Returns:
         NumPy float32 ``shape`` samples.
@@ -362,10 +369,15 @@ def annealed_langevin(score_fn, sigmas, shape, steps_per_level: int = 100, step_
     steps_per_level = checks.positive_int(steps_per_level, "steps_per_level")
     step_size = checks.positive_float(step_size, "step_size")
     seed = checks.integer(seed, "seed")
+    sigma_min = float(sigmas[-1]) if sigma_min is None else checks.positive_float(sigma_min, "sigma_min")
     x = float(sigmas[0]) * _normal(shape, seed, 0)
+    if start is not None:
+        x = tf.constant(np.asarray(start, dtype=np.float32))
+        if tuple(x.shape) != shape:
+            raise ValueError(f"start has shape {tuple(x.shape)}; expected {shape}.")
     update = 0
     for sigma in tqdm(sigmas, desc="langevin", disable=not progress):
-        alpha = step_size * (sigma / sigmas[-1]) ** 2
+        alpha = step_size * (sigma / sigma_min) ** 2
         for _ in range(steps_per_level):
             update += 1
             score = tf.cast(score_fn(x, float(sigma)), tf.float32)
@@ -505,10 +517,24 @@ def timestep_embedding(t, dim: int):
     return tf.concat([tf.sin(angles), tf.cos(angles)], axis=-1)
 
 
-def _denoiser(values: int, widths, embedding_dim: int) -> keras.Model:
-    """``(x_t [batch, values], embedding [batch, embedding_dim]) -> eps [batch, values]``:
-    an MLP whose every hidden layer adds a projection of the (learned, SiLU) step features."""
-    x_in = keras.Input((values,), name="x_t")
+def fourier_features(x, frequencies):
+    """``x: [batch, d] -> [batch, d (1 + 2 K)]``: ``[x, sin(f_1 x), ..., sin(f_K x), cos(f_1 x),
+    ..., cos(f_K x)]`` for the ``K`` angular ``frequencies`` (Tancik et al. 2020). An MLP on raw
+    coordinates learns smooth functions first and fine detail slowly (its spectral bias); the
+    sines and cosines hand it detail down to a scale of about ``1 / max(frequencies)``."""
+    x = tf.convert_to_tensor(x)
+    if not frequencies:
+        return x
+    angles = x[:, :, None] * tf.constant(frequencies, x.dtype)[None, None, :]  # [batch, d, K]
+    flat = (tf.shape(x)[0], -1)
+    return tf.concat([x, tf.reshape(tf.sin(angles), flat), tf.reshape(tf.cos(angles), flat)], axis=-1)
+
+
+def _denoiser(values: int, widths, embedding_dim: int, inputs: int | None = None) -> keras.Model:
+    """``(features [batch, inputs], embedding [batch, embedding_dim]) -> eps [batch, values]``:
+    an MLP whose every hidden layer adds a projection of the (learned, SiLU) step features.
+    ``inputs`` is the size of the features of ``x_t`` (``values`` without Fourier features)."""
+    x_in = keras.Input((inputs or values,), name="x_t")
     embedding_in = keras.Input((embedding_dim,), name="embedding")
     features = keras.layers.Dense(embedding_dim, activation="silu", name="time")(embedding_in)
     h = x_in
@@ -536,9 +562,11 @@ class Diffusion(keras.Model):
         t ~ Uniform{1..T},  eps ~ N(0, I),  x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps,
 
     with ``t`` and ``eps`` drawn from the model's ``keras.random.SeedGenerator`` (checkpointed by
-    :func:`support.training.fit_resumable`). ``fit`` and ``evaluate`` report ``loss``. Scale
-    the data to about unit variance first (pixels in [0, 1]: ``2 x - 1``), since the noise is
-    ``N(0, I)``. Typical use, on 2-D points::
+    :func:`support.training.fit_resumable`). ``fit`` and ``evaluate`` report ``loss``. The
+    noise is ``N(0, I)``, so the schedules suit data of order-one scale (pixels in [0, 1]:
+    ``2 x - 1``); detail much finer than the first steps' noise ``sqrt(beta_1)`` (the 0.02-wide
+    modes of ``ring8``) is learned slowly: give such data ``fourier_frequencies``, or scale it
+    up, not down. Typical use, on 2-D points::
 
         model = Diffusion(input_shape=(2,), timesteps=1000, widths=(256, 256, 256))
         model.compile(optimizer=keras.optimizers.Adam(1e-3))
@@ -553,10 +581,13 @@ class Diffusion(keras.Model):
         schedule: ``"linear"`` or ``"cosine"`` (see :func:`noise_schedule`).
         widths: hidden widths of the MLP.
         embedding_dim: size of the step embedding, even, ``>= 4``.
+        fourier_frequencies: angular frequencies of :func:`fourier_features` of ``x_t`` fed to
+            the MLP beside ``x_t`` itself (``()``: none), e.g. ``(1, 2, 4, 8, 16, 32)`` for
+            2-D data whose modes are a few hundredths wide.
     """
 
     def __init__(self, input_shape=(2,), timesteps: int = 1000, schedule: str = "linear",
-                 widths=(256, 256, 256), embedding_dim: int = 64, **kwargs):
+                 widths=(256, 256, 256), embedding_dim: int = 64, fourier_frequencies=(), **kwargs):
         super().__init__(**kwargs)
         self.example_shape = _check_shape(input_shape)
         self.timesteps = checks.integer(timesteps, "timesteps", minimum=2)
@@ -565,9 +596,15 @@ class Diffusion(keras.Model):
         self.embedding_dim = checks.integer(embedding_dim, "embedding_dim", minimum=4)
         if self.embedding_dim % 2:
             raise ValueError(f"embedding_dim={embedding_dim} must be even (sines and cosines in pairs).")
+        if not isinstance(fourier_frequencies, (tuple, list)):
+            raise ValueError(
+                f"fourier_frequencies={fourier_frequencies!r} must be a tuple of positive numbers.")
+        self.fourier_frequencies = tuple(checks.positive_float(f, "fourier_frequencies")
+                                         for f in fourier_frequencies)
         self.schedule = noise_schedule(self.schedule_kind, self.timesteps)
         self.dimension = math.prod(self.example_shape)
-        self.denoiser = _denoiser(self.dimension, self.widths, self.embedding_dim)
+        features = self.dimension * (1 + 2 * len(self.fourier_frequencies))
+        self.denoiser = _denoiser(self.dimension, self.widths, self.embedding_dim, features)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         # t and eps of training come from this generator: its state is a variable, so a
         # checkpoint restores it and a resumed training draws the same noise.
@@ -577,14 +614,16 @@ class Diffusion(keras.Model):
     def get_config(self):
         config = super().get_config()
         config.update(input_shape=self.example_shape, timesteps=self.timesteps,
-                      schedule=self.schedule_kind, widths=self.widths, embedding_dim=self.embedding_dim)
+                      schedule=self.schedule_kind, widths=self.widths, embedding_dim=self.embedding_dim,
+                      fourier_frequencies=self.fourier_frequencies)
         return config
 
     def _eps(self, x_t, t, training=None):
         """``eps_theta(x_t, t)``: ``x_t [batch, *input_shape]``, ``t [batch]`` ints."""
         batch = tf.shape(x_t)[0]
         embedding = timestep_embedding(t, self.embedding_dim)
-        eps = self.denoiser([tf.reshape(x_t, (batch, self.dimension)), embedding], training=training)
+        features = fourier_features(tf.reshape(x_t, (batch, self.dimension)), self.fourier_frequencies)
+        eps = self.denoiser([features, embedding], training=training)
         return tf.reshape(eps, tf.shape(x_t))
 
     def call(self, inputs, training=None):
