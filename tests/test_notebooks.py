@@ -569,6 +569,8 @@ def test_diffusion_refuses_more_ddim_steps_than_timesteps_before_training(tmp_pa
 
 def test_diffusion_rerun_resumes_from_checkpoints(tmp_path):
     small = dict(toy_steps=40, seeds=[0, 1], timesteps=20, sampling_steps=[5, 10], toy_batch_size=64)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
     first = execute("05_diffusion", tmp_path / "a", checkpoint_dir=str(tmp_path / "ckpt"), **small)
     again = execute("05_diffusion", tmp_path / "b", checkpoint_dir=str(tmp_path / "ckpt"), **small)
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["ring-seed0", "ring-seed1"]
