@@ -560,3 +560,63 @@ def test_annealed_langevin_in_segments_takes_the_steps_of_one_run():
         np.testing.assert_allclose(end.var(0), stationary_variance(sigmas[-1]), rtol=0.1)
     with pytest.raises(ValueError, match=r"start has shape \(3, 2\)"):
         D.annealed_langevin(score, sigmas, (2000, 2), start=np.zeros((3, 2)))
+
+
+# --------------------------------------------------------------------------- binary images
+
+
+def test_log_normal_cdf_matches_scipy_from_the_far_left_tail_to_the_right():
+    from scipy.special import log_ndtr
+
+    z = np.concatenate([np.linspace(-60, -8.5, 200), np.linspace(-8.5, 9, 400)])
+    np.testing.assert_allclose(numpy(objectives.log_normal_cdf(tf.constant(z))), log_ndtr(z), rtol=1e-6, atol=1e-9)
+    # float32 keeps the far tail finite, where log(erfc) alone would give -inf
+    got32 = numpy(objectives.log_normal_cdf(tf.constant(z, tf.float32)))
+    assert np.all(np.isfinite(got32))
+    np.testing.assert_allclose(got32, log_ndtr(z), rtol=1e-5, atol=1e-6)
+
+
+def test_binary_decoder_is_the_gaussian_integrated_over_two_bins():
+    from scipy.special import ndtr
+
+    rng = np.random.default_rng(21)
+    mean = rng.normal(scale=2.0, size=(6, 1))
+    log_var = math.log(0.3**2)
+    plus = numpy(objectives.binary_decoder_log_likelihood(np.ones((6, 1)), mean, log_var))
+    minus = numpy(objectives.binary_decoder_log_likelihood(-np.ones((6, 1)), mean, log_var))
+    # p(+1) is the Gaussian's mass above 0, p(-1) below it: the two sum to 1
+    np.testing.assert_allclose(np.exp(plus), 1 - ndtr(-mean[:, 0] / 0.3), rtol=1e-8, atol=1e-15)
+    np.testing.assert_allclose(np.exp(plus) + np.exp(minus), 1.0, rtol=1e-12)
+    # per example, the sum over pixels
+    x = np.where(rng.random((3, 4)) < 0.5, -1.0, 1.0)
+    means = rng.normal(size=(3, 4))
+    expected = np.log(ndtr(x * means / 0.3)).sum(axis=1)
+    np.testing.assert_allclose(numpy(objectives.binary_decoder_log_likelihood(x, means, log_var)), expected, rtol=1e-10)
+
+
+def test_a_binary_model_trains_on_binary_pixels_bounds_their_probability_and_samples_probabilities(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = D.Diffusion(input_shape=(4, 4, 1), timesteps=20, widths=(16,), embedding_dim=8, binary=True)
+    model.compile(optimizer="adam")
+    x = (np.random.default_rng(22).random((64, 4, 4, 1)) < 0.3).astype(np.float32)
+    model.fit(x, batch_size=32, epochs=1, verbose=0)
+    terms = model.elbo_terms(x[:8], samples=3, seed=1)
+    again = D.elbo_terms(model.predict_noise, 2 * x[:8] - 1, model.schedule, samples=3, seed=1, decoder="binary")
+    for got, expected in zip(terms, again):
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert np.all(terms.decoder >= 0) and np.all(np.isfinite(terms.elbo))  # a probability's -log
+    samples = model.sample(5, seed=2)
+    assert samples.shape == (5, 4, 4, 1) and samples.min() >= 0 and samples.max() <= 1
+    with pytest.raises(ValueError, match="this Diffusion model is binary: x0 must hold only 0 and 1"):
+        model.elbo_terms(np.full((2, 4, 4, 1), 0.5))
+    with pytest.raises(ValueError, match="decoder='binary' scores binary data"):
+        D.elbo_terms(model.predict_noise, x[:2], model.schedule, samples=2, decoder="binary")
+    with pytest.raises(ValueError, match="decoder="):
+        D.elbo_terms(model.predict_noise, 2 * x[:2] - 1, model.schedule, samples=2, decoder="bernoulli")
+    with pytest.raises(ValueError, match="binary='yes' must be True or False"):
+        D.Diffusion(binary="yes")
+    path = tmp_path / "binary.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.binary and loaded.get_config() == model.get_config()
+    np.testing.assert_array_equal(loaded.sample(3, seed=1, steps=5), model.sample(3, seed=1, steps=5))

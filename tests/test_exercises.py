@@ -28,7 +28,7 @@ QUICK = {
                         snr_samples=[1, 2]),
     "04_gan_training": dict(train_size=400, epochs=2, toy_steps=100, seeds=[0, 1]),
     "05_diffusion": dict(toy_steps=100, seeds=[0, 1], timesteps=50, sampling_steps=[5, 10],
-                         toy_batch_size=64),
+                         toy_batch_size=64, epochs=3),
 }
 
 SOLUTION = re.compile(r"<summary>\s*Solution\s*</summary>(.*?)</details>", re.S)

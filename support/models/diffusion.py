@@ -426,7 +426,10 @@ def _decoder_variance(schedule, decoder_variance):
     return checks.positive_float(decoder_variance, "decoder_variance")
 
 
-def _elbo_draw(eps_fn, x0, schedule, seed, draw, decoder_log_var):
+DECODERS = ("gaussian", "binary")
+
+
+def _elbo_draw(eps_fn, x0, schedule, seed, draw, decoder_log_var, decoder):
     """One draw of ``(T - 1) L_{t-1}`` (``t`` uniform on ``2..T``) and of ``-log p(x_0|x_1)``,
     each ``[n]``, from the stateless streams ``(seed, 3 draw + 0..2)``."""
     n, timesteps = tf.shape(x0)[0], schedule.timesteps
@@ -443,12 +446,14 @@ def _elbo_draw(eps_fn, x0, schedule, seed, draw, decoder_log_var):
     ones = tf.ones([n], tf.int32)
     x_1 = q_sample(x0, ones, eps_1, schedule)
     mean = model_mean(x_1, tf.cast(eps_fn(x_1, ones), x0.dtype), ones, schedule)
-    decoder = -objectives.gaussian_log_likelihood(x0, mean, decoder_log_var)
+    log_likelihood = (objectives.binary_decoder_log_likelihood if decoder == "binary"
+                      else objectives.gaussian_log_likelihood)
+    decoder = -log_likelihood(x0, mean, decoder_log_var)
     return step.numpy().astype(np.float64), decoder.numpy().astype(np.float64)
 
 
 def elbo_terms(eps_fn, x0, schedule: NoiseSchedule, samples: int = 100, seed: int = 0,
-               decoder_variance: float | None = None) -> ElboTerms:
+               decoder_variance: float | None = None, decoder: str = "gaussian") -> ElboTerms:
     """The terms of the negative ELBO of the DDPM with noise predictor ``eps_fn``, per example.
 
     ``L_T`` exactly (:func:`~support.objectives.ddpm_prior_term`). ``sum_{t=2..T} L_{t-1}``
@@ -457,9 +462,12 @@ def elbo_terms(eps_fn, x0, schedule: NoiseSchedule, samples: int = 100, seed: in
     (:func:`~support.objectives.ddpm_step_term` with ``sigma_t^2 = beta~_t``), an unbiased
     estimate of the sum; the estimate is their mean and its standard error their standard
     deviation over ``sqrt(samples)``. ``L_0 = -log N(x_0; mu_theta(x_1, 1), sigma_1^2 I)``
-    likewise, averaged over ``samples`` draws of ``x_1``. Continuous data are scored with the
-    density (no discretisation into bins), so the result bounds ``log p_theta(x_0)`` as a
-    density, in nats.
+    likewise, averaged over ``samples`` draws of ``x_1``. With ``decoder="gaussian"`` continuous
+    data are scored with the density (no discretisation into bins), so the result bounds
+    ``log p_theta(x_0)`` as a density, in nats. With ``decoder="binary"``, for binary data in
+    ``{-1, +1}``, ``L_0`` is Ho et al.'s discretized decoder with two bins split at 0
+    (:func:`~support.objectives.binary_decoder_log_likelihood`), and the result bounds the
+    log-*probability* of the binary example, in nats, comparable with a Bernoulli VAE's ELBO.
 
     The uniform draw of ``t`` is unbiased but heavy-tailed for large ``T``: the first steps,
     where ``L_{t-1}`` is largest, are drawn rarely (with ``T = 1000`` and the optimal predictor
@@ -473,19 +481,24 @@ def elbo_terms(eps_fn, x0, schedule: NoiseSchedule, samples: int = 100, seed: in
         samples: draws per example, ``>= 2``.
         seed: an integer; the draws are stateless streams of it.
         decoder_variance: ``sigma_1^2``; ``None`` takes ``beta_1``.
+        decoder: ``"gaussian"`` or ``"binary"`` (``x0`` in ``{-1, +1}``).
 
     Returns:
         An :class:`ElboTerms`.
     """
     _check_schedule(schedule)
+    decoder = checks.choice(decoder, DECODERS, "decoder")
     samples = checks.integer(samples, "samples", minimum=2)
     seed = checks.integer(seed, "seed")
     x0 = np.asarray(x0)
     x0 = tf.constant(x0 if x0.dtype == np.float64 else x0.astype(np.float32))
     if x0.shape.rank < 2:
         raise ValueError(f"x0 has shape {tuple(x0.shape)}; expected [n, ...] with at least two axes.")
+    if decoder == "binary" and not np.all(np.abs(x0.numpy()) == 1):
+        raise ValueError("decoder='binary' scores binary data: x0 must hold only -1 and +1 "
+                         "(map pixels x in {0, 1} to 2 x - 1).")
     decoder_log_var = math.log(_decoder_variance(schedule, decoder_variance))
-    draws = [_elbo_draw(eps_fn, x0, schedule, seed, i, decoder_log_var) for i in range(samples)]
+    draws = [_elbo_draw(eps_fn, x0, schedule, seed, i, decoder_log_var, decoder) for i in range(samples)]
     steps, decoder = (np.stack(values) for values in zip(*draws))  # [samples, n] each
     prior = objectives.ddpm_prior_term(x0, schedule.alpha_bars[-1]).numpy().astype(np.float64)
     root = math.sqrt(samples)
@@ -584,10 +597,17 @@ class Diffusion(keras.Model):
         fourier_frequencies: angular frequencies of :func:`fourier_features` of ``x_t`` fed to
             the MLP beside ``x_t`` itself (``()``: none), e.g. ``(1, 2, 4, 8, 16, 32)`` for
             2-D data whose modes are a few hundredths wide.
+        binary: the data are binary images, pixels in ``{0, 1}`` (e.g. from
+            ``fit_resumable(..., binarization="dynamic")``, a fresh draw every step): the model
+            diffuses ``2 x - 1`` and its decoder ``p(x_0 | x_1)`` is Ho et al.'s discretized
+            Gaussian with two bins split at 0, so :meth:`elbo_terms` bounds the log-probability
+            of binary images (comparable with a Bernoulli VAE's) and :meth:`sample` returns the
+            decoder's probability that each pixel is 1, as a Bernoulli VAE's decoder means.
     """
 
     def __init__(self, input_shape=(2,), timesteps: int = 1000, schedule: str = "linear",
-                 widths=(256, 256, 256), embedding_dim: int = 64, fourier_frequencies=(), **kwargs):
+                 widths=(256, 256, 256), embedding_dim: int = 64, fourier_frequencies=(),
+                 binary: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.example_shape = _check_shape(input_shape)
         self.timesteps = checks.integer(timesteps, "timesteps", minimum=2)
@@ -601,6 +621,9 @@ class Diffusion(keras.Model):
                 f"fourier_frequencies={fourier_frequencies!r} must be a tuple of positive numbers.")
         self.fourier_frequencies = tuple(checks.positive_float(f, "fourier_frequencies")
                                          for f in fourier_frequencies)
+        if not isinstance(binary, (bool, np.bool_)):
+            raise ValueError(f"binary={binary!r} must be True or False.")
+        self.binary = bool(binary)
         self.schedule = noise_schedule(self.schedule_kind, self.timesteps)
         self.dimension = math.prod(self.example_shape)
         features = self.dimension * (1 + 2 * len(self.fourier_frequencies))
@@ -615,7 +638,7 @@ class Diffusion(keras.Model):
         config = super().get_config()
         config.update(input_shape=self.example_shape, timesteps=self.timesteps,
                       schedule=self.schedule_kind, widths=self.widths, embedding_dim=self.embedding_dim,
-                      fourier_frequencies=self.fourier_frequencies)
+                      fourier_frequencies=self.fourier_frequencies, binary=self.binary)
         return config
 
     def _eps(self, x_t, t, training=None):
@@ -648,6 +671,8 @@ class Diffusion(keras.Model):
         ``data`` is ``x_0: [batch, *input_shape]`` or a tuple starting with it."""
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         x = tf.cast(x, self.compute_dtype)
+        if self.binary:
+            x = 2.0 * x - 1.0  # pixels {0, 1} -> {-1, +1}
         t = keras.random.randint(tf.shape(x)[:1], 1, self.timesteps + 1, dtype="int32",
                                  seed=self.seed_generator)
         eps = keras.random.normal(tf.shape(x), dtype=x.dtype, seed=self.seed_generator)
@@ -676,21 +701,36 @@ class Diffusion(keras.Model):
     def sample(self, n: int, seed: int = 0, steps: int | None = None, eta: float = 0.0,
                progress: bool = False):
         """``n`` samples, NumPy ``[n, *input_shape]``: :func:`ancestral_sample` (all ``T``
-        steps) when ``steps`` is ``None``, else :func:`ddim_sample` with ``steps`` and ``eta``."""
+        steps) when ``steps`` is ``None``, else :func:`ddim_sample` with ``steps`` and ``eta``.
+        A ``binary`` model returns the probability that each pixel is 1, ``Phi(x / sigma_1)`` of
+        the sampler's last mean ``x`` (the two-bin decoder; for DDIM, of its last ``x_0``)."""
         shape = (checks.positive_int(n, "n"), *self.example_shape)
         if steps is None:
-            return ancestral_sample(self.predict_noise, self.schedule, shape, seed, progress)
-        return ddim_sample(self.predict_noise, self.schedule, shape, steps, seed, eta, progress)
+            x = ancestral_sample(self.predict_noise, self.schedule, shape, seed, progress)
+        else:
+            x = ddim_sample(self.predict_noise, self.schedule, shape, steps, seed, eta, progress)
+        if not self.binary:
+            return x
+        sigma_1 = math.sqrt(_decoder_variance(self.schedule, None))
+        return np.exp(objectives.log_normal_cdf(tf.constant(x / sigma_1)).numpy())
 
     def elbo_terms(self, x0, samples: int = 100, seed: int = 0,
                    decoder_variance: float | None = None) -> ElboTerms:
         """:func:`elbo_terms` of this model on ``x0: [n, *input_shape]``: ``L_T`` exact, a Monte
-        Carlo estimate of ``sum_{t >= 2} L_{t-1}`` and of ``L_0`` with standard errors."""
+        Carlo estimate of ``sum_{t >= 2} L_{t-1}`` and of ``L_0`` with standard errors. A
+        ``binary`` model takes binary images, pixels in ``{0, 1}``, and bounds their
+        log-probability (the two-bin decoder)."""
         x0 = np.asarray(x0, dtype=np.float32)
         if x0.shape[1:] != self.example_shape:
             expected = ", ".join(map(str, self.example_shape))
             raise ValueError(f"x0 has shape {x0.shape}; expected [n, {expected}].")
-        return elbo_terms(self.predict_noise, x0, self.schedule, samples, seed, decoder_variance)
+        if not self.binary:
+            return elbo_terms(self.predict_noise, x0, self.schedule, samples, seed, decoder_variance)
+        if not np.all((x0 == 0) | (x0 == 1)):
+            raise ValueError("this Diffusion model is binary: x0 must hold only 0 and 1 (binarize "
+                             "grey levels first, e.g. with support.data.binarize).")
+        return elbo_terms(self.predict_noise, 2.0 * x0 - 1.0, self.schedule, samples, seed,
+                          decoder_variance, decoder="binary")
 
 
 # --------------------------------------------------------------------------- Gaussian data
