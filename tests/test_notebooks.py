@@ -573,7 +573,8 @@ def test_diffusion_quality_gates_at_defaults(tmp_path):
     # digits, dynamically binarized as notebook 03's VAE: 1,000 samples cover every class, none under 3 %
     # (measured 5.5 %), and their FID is within 2 s.e. of binarized real images' (measured 7.95 vs 7.14)
     assert images["classes_present"] == 10 and images["min_fraction"] >= 0.03
-    assert images["fid"] - images["fid_binary_floor"] < 2 * np.hypot(images["fid_se"], images["fid_binary_floor_se"])
+    fid_se = np.hypot(images["fid_se"], images["fid_binary_floor_se"])
+    assert images["fid"] - images["fid_binary_floor"] < 2 * fid_se
     # the prose: L_simple's bound is loose, far above the VAE's on the same images (measured 229.5 +- 5.5
     # against 23.2 nats) and above a fair coin's 44.4, and most of it comes from the first tenth of the steps
     assert images["neg_elbo"] - 2 * images["neg_elbo_se"] > images["coin_neg_elbo"] > images["vae_neg_elbo"]
@@ -583,7 +584,8 @@ def test_diffusion_quality_gates_at_defaults(tmp_path):
 def check_diffusion_on_images(images):
     """What holds for the image model at any budget: its terms add up, and the bound's two estimates
     (t at random, every t) agree within their standard errors."""
-    assert images["neg_elbo"] == pytest.approx(images["prior"] + images["steps_term"] + images["decoder"], rel=1e-9)
+    terms = images["prior"] + images["steps_term"] + images["decoder"]
+    assert images["neg_elbo"] == pytest.approx(terms, rel=1e-9)
     assert images["decoder"] >= 0 and images["prior"] >= 0 and images["neg_elbo_se"] > 0
     assert abs(images["steps_by_t_z"]) < 4
 
@@ -597,7 +599,8 @@ def test_diffusion_refuses_more_ddim_steps_than_timesteps_before_training(tmp_pa
 
 
 def test_diffusion_rerun_resumes_from_checkpoints(tmp_path):
-    small = dict(toy_steps=40, seeds=[0, 1], timesteps=20, sampling_steps=[5, 10], toy_batch_size=64, epochs=2)
+    small = dict(toy_steps=40, seeds=[0, 1], timesteps=20, sampling_steps=[5, 10], toy_batch_size=64,
+                 epochs=2)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     first = execute("05_diffusion", tmp_path / "a", checkpoint_dir=str(tmp_path / "ckpt"), **small)
