@@ -63,6 +63,7 @@ SLOW_TESTS = {
                             "test_train_vae_with_checkpoint_dir_resumes_to_the_uninterrupted_result"},
     "test_toy_gans.py": {"test_set_ups_trained_together_train_as_they_do_alone"},
     "test_diffusion.py": {"test_fit_resumable_resumes_an_interrupted_training_to_the_same_weights"},
+    "test_autoregressive.py": {"test_trained_on_digits_it_beats_independent_pixels_and_round_trips"},
     # two fresh TensorFlow imports
     "test_training.py": {"test_the_dcgan_fit_without_remapping_prints_no_remapper_error"},
     "test_notebook.py": {"test_importing_support_changes_nothing_in_the_process",  # fresh TF imports
