@@ -19,6 +19,7 @@ from support.models.classifier import (
     features,
     kl_to_uniform,
     predict_labels,
+    sample_report,
     train_classifier,
 )
 
@@ -123,6 +124,25 @@ def test_fid_separates_real_digits_from_broken_ones(scorer, digits):
     assert noise > 10 * real and scrambled > 10 * real
     # Real digits of only half the classes: perfect images, dropped modes.
     assert half_the_classes > 5 * real
+
+
+def test_sample_report_of_real_copied_and_broken_images(scorer, digits):
+    x_train, y_train, x_test, _ = digits
+    n = len(x_test)
+    real = sample_report(scorer, x_train[:n], x_test, x_train[n:], seed=0)
+    copied = sample_report(scorer, x_train[:n], x_test, x_train, seed=0)
+    half = sample_report(scorer, x_train[y_train < 5][:n], x_test, x_train, seed=0)
+    assert real.n == n and real.classes_present == 10 and real.min_fraction > 0.05
+    assert real.fid_low <= real.fid <= real.fid_high and real.fid_se > 0
+    # held-out real images: high precision and recall, as far from the training set as test images
+    assert real.precision > 0.85 and real.recall > 0.85
+    assert 0.8 < real.memorisation_ratio < 1.25
+    # the training images themselves: distance 0 to the nearest training image
+    assert copied.memorisation_ratio == 0
+    # half the classes: the FID, the recall and the coverage all see the dropped modes
+    assert half.classes_present <= 6 and half.kl_to_uniform > 0.5
+    assert half.fid > real.fid + 3 * np.hypot(half.fid_se, real.fid_se) and half.recall < real.recall - 0.2
+    assert sample_report(scorer, x_train[:n], x_test, x_train, seed=0) == copied  # seeded bootstrap
 
 
 # --------------------------------------------------------------------------- class coverage

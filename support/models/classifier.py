@@ -41,7 +41,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from support import checks
+from support import checks, metrics
 from support.metrics import frechet_distance
 
 # Images outside [0, 1] by more than this are refused: the classifier never saw them, and the
@@ -389,3 +389,52 @@ def class_coverage(classifier, x, batch_size: int = 1024) -> ClassCoverage:
     return ClassCoverage(
         fractions, kl_to_uniform(fractions), int((fractions > 0).sum()), float(fractions.min())
     )
+
+
+class SampleReport(NamedTuple):
+    """What :func:`sample_report` measures of one set of generated images against real ones."""
+
+    fid: float  # classifier-FID against the test images
+    fid_low: float  # bootstrap 95 % interval (bias-shifted, see frechet_distance_bootstrap)
+    fid_high: float
+    fid_se: float  # bootstrap standard error
+    precision: float  # Kynkäänniemi et al.'s precision against the test images
+    recall: float
+    n: int  # images scored on each side: precision and recall have binomial s.e. over n
+    classes_present: int
+    min_fraction: float  # the rarest class's share of the samples
+    kl_to_uniform: float  # nats
+    memorisation_ratio: float  # median pixel distance to the nearest training image, over the test images'
+
+
+def sample_report(classifier, samples, x_test, x_train, n_boot: int = 50, k: int = 5,
+                  seed: int = 0) -> SampleReport:
+    """Sample quality of ``samples`` in one call, the leaderboard's columns:
+
+    * classifier-FID against ``x_test`` with a bootstrap interval and s.e.
+      (:func:`support.metrics.frechet_distance_bootstrap`, ``n_boot`` resamples);
+    * precision and recall (:func:`support.metrics.precision_recall`, ``k`` neighbours) of the
+      samples' features against the test images';
+    * the class coverage (:func:`class_coverage`) of all the samples;
+    * the **memorisation ratio**: the median pixel distance from a sample to its nearest training
+      image, over the same median for the test images (which the model never saw). Near 1: the
+      samples are as far from the training set as new real images are; well below 1: they copy
+      training images.
+
+    FID and precision/recall use ``n = min(len(samples), len(x_test))`` images of each set (the
+    first ``n``), so that FIDs computed here for several models are at one sample size.
+    """
+    samples = np.asarray(samples, dtype=np.float32)
+    n = min(len(samples), len(x_test))
+    if n < k + 2:
+        raise ValueError(f"sample_report needs at least {k + 2} samples and test images; got {n}.")
+    sample_features = features(classifier, samples[:n])
+    test_features = features(classifier, x_test[:n])
+    fid = metrics.frechet_distance_bootstrap(sample_features, test_features, n_boot=n_boot, seed=seed)
+    pr = metrics.precision_recall(test_features, sample_features, k=k)
+    coverage = class_coverage(classifier, samples)
+    to_train = np.median(metrics.distance_to_nearest(samples[:n], x_train))
+    real_to_train = np.median(metrics.distance_to_nearest(x_test[:n], x_train))
+    return SampleReport(fid.value, fid.low, fid.high, fid.se, pr.precision, pr.recall, n,
+                        coverage.classes_present, coverage.min_fraction, coverage.kl_to_uniform,
+                        float(to_train / real_to_train))
