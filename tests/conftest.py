@@ -83,15 +83,33 @@ def _is_slow(item) -> bool:
             or name in SLOW_TESTS.get(module, ()))
 
 
+# The quality-gate tests that read a notebook's run at its defaults (see default_run_metrics).
+GATE_TESTS = {
+    "test_autoencoders_quality_gates_at_defaults": "01_autoencoders",
+    "test_mse_objective_quality_gates_at_defaults": "02_mse_objective",
+    "test_vae_quality_gates_at_defaults": "03_vae_elbo",
+    "test_gan_quality_gates_at_defaults": "04_gan_training",
+    "test_diffusion_quality_gates_at_defaults": "05_diffusion",
+    "test_comparison_leaderboard_at_defaults": "06_comparison",
+}
+
+
 def pytest_collection_modifyitems(session, config, items):
     """Mark notebook executions ``slow``, and run the notebooks under nbval first, so that the
     quality-gate tests can read the metrics those executions recorded instead of running each
-    notebook at its defaults a second time (see :func:`default_run_metrics`)."""
+    notebook at its defaults a second time (see :func:`default_run_metrics`).
+
+    With pytest-xdist (``-n 2 --dist loadgroup``, the project's default), a notebook's nbval
+    cells and its gate test form one ``xdist_group``: one worker runs them, in this order."""
     notebooks = [item for item in items if Path(str(item.fspath)).parent == NOTEBOOKS]
     others = [item for item in items if Path(str(item.fspath)).parent != NOTEBOOKS]
     for item in items:
         if _is_slow(item):
             item.add_marker(pytest.mark.slow)
+        if Path(str(item.fspath)).parent == NOTEBOOKS:
+            item.add_marker(pytest.mark.xdist_group(Path(str(item.fspath)).stem))
+        elif getattr(item, "originalname", None) in GATE_TESTS:
+            item.add_marker(pytest.mark.xdist_group(GATE_TESTS[item.originalname]))
     items[:] = notebooks + others
 
 

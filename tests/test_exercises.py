@@ -29,6 +29,8 @@ QUICK = {
     "04_gan_training": dict(train_size=400, epochs=2, toy_steps=100, seeds=[0, 1]),
     "05_diffusion": dict(toy_steps=100, seeds=[0, 1], timesteps=50, sampling_steps=[5, 10],
                          toy_batch_size=64, epochs=3),
+    "06_comparison": dict(train_size=400, test_size=100, seeds=[0], epochs=3, made_epochs=2, gan_epochs=2,
+                          wgan_epochs=1, diffusion_epochs=2, samples=100, nll_samples=10),
 }
 
 SOLUTION = re.compile(r"<summary>\s*Solution\s*</summary>(.*?)</details>", re.S)

@@ -12,9 +12,10 @@ import pytest
 from support import training
 from support.models import classifier, gan
 from support.models.autoencoders import ConvAutoencoder, DenseAutoencoder
+from support.models.autoregressive import MADE
 from support.models.vae import VAE
 
-from .conftest import ROOT
+from .conftest import GATE_TESTS, ROOT
 
 
 def test_ruff_is_clean_on_the_package_the_tests_and_the_notebooks():
@@ -125,6 +126,7 @@ MODELS = {
                                        pack=2),
     "DCGAN": lambda: gan.GAN(gan.dcgan_generator(4, (8, 8, 1), 4), gan.dcgan_discriminator((8, 8, 1), 4)),
     "classifier": lambda: classifier.build_classifier((8, 8, 1), filters=4, feature_dim=8),
+    "MADE": lambda: MADE((8, 8, 1), widths=(16,)),
 }
 
 
@@ -146,3 +148,16 @@ def test_every_model_survives_keras_save_and_load(tmp_path, name):
     loaded = keras.models.load_model(path)
     np.testing.assert_array_equal(np.asarray(loaded(inputs, training=False)),
                                   np.asarray(model(inputs, training=False)))
+
+
+def test_every_gate_test_is_grouped_with_the_notebook_it_reads():
+    """A test that reads a notebook's run at its defaults (default_run_metrics) must run in the
+    same pytest-xdist worker as that notebook's nbval cells, after them: conftest's GATE_TESTS."""
+    found = {}
+    for test_file in (ROOT / "tests").glob("test_*.py"):
+        for node in ast.walk(ast.parse(test_file.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+                for call in ast.walk(node):
+                    if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "default_run_metrics":
+                        found[node.name] = call.args[0].value
+    assert found == GATE_TESTS

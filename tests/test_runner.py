@@ -82,8 +82,8 @@ def test_two_notebooks_run_at_once_and_report_in_order(tmp_path):
     after 00 is done), and the outcomes keep the order asked for."""
     import io
 
-    small = {"samples": 8, "train_size": 320, "test_size": 64, "epochs": 2, "gan_epochs": 1,
-             "nll_samples": 10}
+    small = {"samples": 20, "train_size": 320, "test_size": 64, "epochs": 2, "gan_epochs": 1, "seeds": [0],
+             "made_epochs": 1, "wgan_epochs": 1, "diffusion_epochs": 1, "nll_samples": 10}
     stream = io.StringIO()
     outcomes = runner.run(["00", "06"], small, out=tmp_path, stream=stream, jobs=2)
     assert [(o.notebook, o.ok) for o in outcomes] == [("00_start_here", True), ("06_comparison", True)]
@@ -94,7 +94,7 @@ def test_two_notebooks_run_at_once_and_report_in_order(tmp_path):
     for name in ("00_start_here", "06_comparison"):
         assert (tmp_path / f"{name}.ipynb").is_file()
         assert json.loads((tmp_path / "results" / f"{name}.json").read_text())["metrics"]
-    assert outcomes[1].metrics["models"]["GAN"]["classes_present"] >= 1
+    assert outcomes[1].metrics["samples"]["GAN"]["fewest_classes"] >= 1
 
 
 @pytest.mark.parametrize("jobs", [0, -1, 1.5, True])
