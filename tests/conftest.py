@@ -94,6 +94,7 @@ GATE_TESTS = {
 }
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(session, config, items):
     """Mark notebook executions ``slow``, and run the notebooks under nbval first, so that the
     quality-gate tests can read the metrics those executions recorded instead of running each
@@ -111,6 +112,21 @@ def pytest_collection_modifyitems(session, config, items):
         elif getattr(item, "originalname", None) in GATE_TESTS:
             item.add_marker(pytest.mark.xdist_group(GATE_TESTS[item.originalname]))
     items[:] = notebooks + others
+    _suffix_groups(config, items)
+
+
+def _suffix_groups(config, items):
+    """pytest-xdist's ``loadgroup`` groups tests by a ``@group`` suffix that its worker hook
+    appends to ``item._nodeid``; pytest 9 reads the nodeid from ``item._id`` instead, so the
+    suffix is lost and a notebook's cells would be split between workers. Append it here."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        groups = sorted({str(mark.args[0]) for mark in item.iter_markers("xdist_group") if mark.args})
+        if groups and "@" not in item.nodeid:
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")
 
 
 def default_run_metrics(name: str, tmp_path: Path, execute) -> dict:
