@@ -79,7 +79,10 @@ def lab(tmp_path):
          f"--LabApp.user_settings_dir={tmp_path / 'lab-settings'}",
          f"--LabApp.workspaces_dir={tmp_path / 'lab-workspaces'}",
          "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        # the kernel builds its own matplotlib font cache: a stale shared one (fonts of a deleted
+        # virtual environment) makes matplotlib log "findfont" lines to stderr in the cells
+        stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", "MPLCONFIGDIR": str(tmp_path / "matplotlib")},
     )
     base = f"http://127.0.0.1:{port}"
     try:
