@@ -271,10 +271,10 @@ def test_autoencoders_quality_gates_at_defaults(tmp_path):
 
 
 def test_autoencoders_on_mnist(tmp_path, data_dir):
-    metrics = execute("01_autoencoders", tmp_path, dataset="mnist", train_size=10_000,
+    metrics = execute("01_autoencoders", tmp_path, dataset="mnist", train_size=5000,
                       linear_epochs=20, epochs=2)
     check_linear_autoencoder_is_pca(metrics)
-    # PCA's optimum here (10,000 training images) is close to the full-set figures
+    # PCA's optimum here (5,000 training images) is close to the full-set figures
     # k=2 0.0557 and k=16 0.0269 quoted for MNIST
     assert metrics["pca_test_mse"]["2"] == pytest.approx(0.0557, rel=0.03)
     assert metrics["pca_test_mse"]["16"] == pytest.approx(0.0269, rel=0.03)
@@ -366,9 +366,12 @@ def test_vae_rerun_with_checkpoint_dir_resumes_and_logs_to_tensorboard(tmp_path)
 
 
 def test_vae_on_mnist_short_budget(tmp_path, data_dir):
-    metrics = execute("03_vae_elbo", tmp_path, dataset="mnist", latent_dim=32, widths=[512, 256], epochs=5,
-                      kl_warmup_epochs=1, sweep_epochs=1, linear_epochs=2, test_size=1000,
-                      nll_samples=100, betas=[1.0], seeds=1, iwae_samples=[1, 2], snr_samples=[1, 2])
+    # 20,000 training images for 15 epochs: the main VAE gets the steps of 5 epochs of all 60,000, and
+    # every other training of the notebook a third of them
+    metrics = execute("03_vae_elbo", tmp_path, dataset="mnist", train_size=20_000, latent_dim=32,
+                      widths=[512, 256], epochs=15, kl_warmup_epochs=1, sweep_epochs=1, linear_epochs=2,
+                      test_size=1000, nll_samples=100, betas=[1.0], seeds=1, iwae_samples=[1, 2],
+                      snr_samples=[1, 2])
     check_linear_gaussian_identities(metrics)
     assert metrics["mnist_nll"] == metrics["nll"] <= metrics["neg_elbo"]
     assert metrics["mnist_nll"] < 106  # measured 98.7 nats (k=100, 1,000 test images)
@@ -486,17 +489,25 @@ def test_gan_quality_gates_at_defaults(tmp_path):
     assert resume["max_weight_difference"] <= 1e-6
 
 
-def test_gan_rerun_with_checkpoint_dir_resumes(tmp_path):
+def test_gan_rerun_as_a_wgan_gp_with_checkpoint_dir_resumes_and_records_the_critics_estimate(tmp_path):
+    # one pair of runs for two options: the DCGAN as a WGAN-GP (five critic steps; section 5 plots
+    # the critic's estimate E f(x) - E f(G(z)) per epoch) with checkpoints, then a rerun that resumes
     small = dict(epochs=3, toy_steps=20, seeds=[0], checkpoint_dir=str(tmp_path / "checkpoints"),
-                 checkpoint_every=30)
+                 checkpoint_every=30, loss="wgan_gp", d_steps=5)
     (tmp_path / "first").mkdir()
     (tmp_path / "again").mkdir()
     first = execute("04_gan_training", tmp_path / "first", **small)
     assert (first["dcgan_start_step"], first["dcgan_steps_run"]) == (0, 3 * (1437 // 64))
+    # a critic that has started to separate the two gives a positive gap
+    gap = first["dcgan_output_gap"]
+    assert len(gap) == 3 and all(np.isfinite(gap))
+    assert gap[-1] > 0
+    assert first["fid_dcgan"] < first["fid_untrained"]
     again = execute("04_gan_training", tmp_path / "again", **{**small, "epochs": 4})
     # the second run restores the checkpoint of the first one's last step and trains one epoch
     assert again["dcgan_start_step"] == first["dcgan_steps"]
     assert again["dcgan_steps"] == 4 * (1437 // 64)
+    assert len(again["dcgan_output_gap"]) == 1
 
 
 def test_gan_rerun_with_the_hinge_loss_and_spectral_norm(tmp_path):
@@ -508,19 +519,10 @@ def test_gan_rerun_with_the_hinge_loss_and_spectral_norm(tmp_path):
     assert np.isfinite(metrics["fid_dcgan"]) and metrics["fid_dcgan"] < metrics["fid_untrained"]
 
 
-def test_gan_rerun_as_a_wgan_gp_records_the_critics_estimate(tmp_path):
-    # the DCGAN as a WGAN-GP (five critic steps): section 5 plots the critic's estimate
-    # E f(x) - E f(G(z)) per epoch; a critic that has started to separate the two gives a positive gap
-    metrics = execute("04_gan_training", tmp_path, loss="wgan_gp", d_steps=5, epochs=3, toy_steps=20,
-                      seeds=[0])
-    gap = metrics["dcgan_output_gap"]
-    assert len(gap) == 3 and all(np.isfinite(gap))
-    assert gap[-1] > 0
-    assert metrics["fid_dcgan"] < metrics["fid_untrained"]
-
-
 def test_gan_on_mnist(tmp_path, data_dir):
-    metrics = execute("04_gan_training", tmp_path, dataset="mnist", train_size=10_000, epochs=4,
+    # 6,000 training images (and so 6,000 samples against 6,000 test images in every score) for 7 epochs:
+    # 651 DCGAN steps (measured: classifier 98.1 %, FID 112 against the untrained generator's 539, 10 classes)
+    metrics = execute("04_gan_training", tmp_path, dataset="mnist", train_size=6000, epochs=7,
                       toy_steps=50, seeds=[0])
     assert metrics["classifier_accuracy"] >= 0.97
     assert metrics["classes_present"] == 10
