@@ -317,7 +317,7 @@ SCHEMAS: dict[str, tuple[Param, ...]] = {
               "free bits lambda, nats per code dimension, of the second collapse remedy",
               low=0.0, high=100.0),
         Param("iwae_samples", list, [1, 5, 50],
-              "k of the IWAE trainings compared in section 7 (1: the VAE)",
+              "k of the IWAE trainings compared in section 6 (1: the VAE)",
               low=1, high=5000),
         Param("snr_samples", list, [1, 5, 50, 500],
               "k at which the gradient signal-to-noise ratio is measured",
