@@ -94,23 +94,47 @@ GATE_TESTS = {
 }
 
 
+# Runs a notebook at its defaults with its solutions appended (tests/test_exercises.py).
+CLAIMS_TEST = "test_every_solution_shows_what_it_claims_at_the_defaults"
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(session, config, items):
     """Mark notebook executions ``slow``, and run the notebooks under nbval first, so that the
     quality-gate tests can read the metrics those executions recorded instead of running each
     notebook at its defaults a second time (see :func:`default_run_metrics`).
 
+    A notebook whose solutions are checked at its defaults (``CLAIMS`` of
+    tests/test_exercises.py) is executed by that test instead of nbval: the notebook at its
+    defaults with the solutions appended does all that nbval's run does (every cell runs, the
+    ``NBVAL_CHECK_OUTPUT`` cells are compared, the results are written where the gate test reads
+    them), so nbval's cells of that notebook are deselected when the test is collected.
+
     With pytest-xdist (``-n 2 --dist loadgroup``, the project's default), a notebook's nbval
-    cells and its gate test form one ``xdist_group``: one worker runs them, in this order."""
+    cells (or its solutions test) and its gate test form one ``xdist_group``: one worker runs
+    them, in this order."""
     notebooks = [item for item in items if Path(str(item.fspath)).parent == NOTEBOOKS]
     others = [item for item in items if Path(str(item.fspath)).parent != NOTEBOOKS]
-    for item in items:
+    # A notebook whose solutions are checked at its defaults (tests/test_exercises.py) is executed
+    # there, at its defaults, with its results where nbval's run writes them and its
+    # NBVAL_CHECK_OUTPUT cells compared: that run stands in for nbval's, which is deselected.
+    claims = {item.callspec.params["name"]: item for item in others
+              if getattr(item, "originalname", None) == CLAIMS_TEST}
+    replaced = [item for item in notebooks if Path(str(item.fspath)).stem in claims]
+    if replaced:
+        config.hook.pytest_deselected(items=replaced)
+        notebooks = [item for item in notebooks if item not in replaced]
+        first = [claims[name] for name in sorted(claims)]
+        others = first + [item for item in others if item not in first]
+    for item in notebooks + others:
         if _is_slow(item):
             item.add_marker(pytest.mark.slow)
         if Path(str(item.fspath)).parent == NOTEBOOKS:
             item.add_marker(pytest.mark.xdist_group(Path(str(item.fspath)).stem))
         elif getattr(item, "originalname", None) in GATE_TESTS:
             item.add_marker(pytest.mark.xdist_group(GATE_TESTS[item.originalname]))
+        elif getattr(item, "originalname", None) == CLAIMS_TEST:
+            item.add_marker(pytest.mark.xdist_group(item.callspec.params["name"]))
     items[:] = notebooks + others
     _suffix_groups(config, items)
 
@@ -132,7 +156,8 @@ def _suffix_groups(config, items):
 def default_run_metrics(name: str, tmp_path: Path, execute) -> dict:
     """The metrics of ``name`` executed at its default parameters in this test session.
 
-    nbval executes every notebook at its defaults from ``notebooks/``, and the summary cell
+    nbval executes every notebook at its defaults from ``notebooks/`` (the solutions test of
+    tests/test_exercises.py does, for the notebooks it checks at their defaults), and the summary cell
     writes ``notebooks/results/<name>.json``. When that file was written during this session
     with exactly the default parameters, its metrics are used; otherwise (nbval not selected,
     or its run failed before the summary) the notebook is executed here with papermill.
