@@ -14,6 +14,14 @@ NOTEBOOKS = ROOT / "notebooks"
 os.environ["SUPPORT_OFFLINE"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# Each pytest-xdist worker runs TensorFlow, in its own process and in the notebook kernels it starts:
+# the CPUs are shared among the workers (support.runner.thread_environment; the runner does the same
+# for notebooks run at once), not given to every one of them in full.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    from support.runner import thread_environment
+
+    os.environ.update(thread_environment(int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 _shared = ROOT.parent / "shared" / "data"
 if "SUPPORT_DATA_DIR" not in os.environ and _shared.is_dir():
     os.environ["SUPPORT_DATA_DIR"] = str(_shared)
@@ -51,6 +59,7 @@ SLOW_MODULES = {"test_notebooks.py", "test_exercises.py", "test_browser.py", "te
 SLOW_FIXTURES = {"scorer", "trained", "gan_runs", "distributed"}  # each trains before its tests
 SLOW_TESTS = {
     "test_runner.py": {"test_two_notebooks_run_at_once_and_report_in_order",
+                       "test_a_kernel_started_with_an_environment_sees_it",
                        "test_cli_run_prints_the_results_table",
                        "test_a_failing_notebook_is_named_and_its_output_marked",
                        "test_an_interrupted_sweep_resumes_and_skips_complete_runs",

@@ -111,6 +111,31 @@ def test_default_jobs_is_two_with_two_cpus(monkeypatch):
     assert runner.default_jobs() == 1
 
 
+def test_processes_sharing_the_machine_share_its_threads(monkeypatch):
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 8)
+    for name in runner.THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert runner.thread_environment(1) == {}  # alone: TensorFlow's own default
+    assert runner.thread_environment(2) == {name: "4" for name in runner.THREAD_VARIABLES}
+    assert runner.thread_environment(16) == {name: "1" for name in runner.THREAD_VARIABLES}
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # what the user set is left alone
+    assert "OMP_NUM_THREADS" not in runner.thread_environment(2)
+    with pytest.raises(ValueError, match="jobs"):
+        runner.thread_environment(0)
+
+
+@pytest.mark.skipif(runner.os.name != "posix", reason="the environment goes through the IPC kernel manager")
+def test_a_kernel_started_with_an_environment_sees_it(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    seen = tmp_path / "seen.txt"
+    nb.cells = [nbformat.v4.new_code_cell(
+        f"import os; open({str(seen)!r}, 'w').write(os.environ.get('SUPPORT_TEST_THREADS', '-'))")]
+    nbformat.write(nb, tmp_path / "tiny.ipynb")
+    runner.execute(tmp_path / "tiny.ipynb", tmp_path / "out.ipynb", {}, progress=False,
+                   env={"SUPPORT_TEST_THREADS": "3"})
+    assert seen.read_text() == "3"
+
+
 def test_normalise_keeps_tags_and_gives_stable_ids():
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"], "papermill": {}}),
