@@ -344,6 +344,21 @@ def test_frechet_bootstrap_interval_contains_the_estimate_and_shrinks_with_n():
         metrics.frechet_distance_bootstrap(rng.normal(size=(10, 2)), rng.normal(size=(10, 2)), n_boot=1)
 
 
+def test_paired_frechet_difference_is_the_difference_and_pairing_shrinks_its_se():
+    rng = np.random.default_rng(2)
+    reference = rng.normal(size=(300, 4))
+    a = rng.normal(0.3, 1, (300, 4))
+    b = a + rng.normal(0, 0.1, a.shape) + 0.05  # b's row i is a's row i, moved a little: paired
+    paired = metrics.frechet_distance_difference_bootstrap(a, b, reference, n_boot=100)
+    fid = metrics.frechet_distance
+    assert paired.value == pytest.approx(fid(a, reference) - fid(b, reference))
+    assert paired.low <= paired.value <= paired.high
+    alone = [metrics.frechet_distance_bootstrap(x, reference, n_boot=100).se for x in (a, b)]
+    assert paired.se < np.hypot(*alone) / 3  # the shared rows and reference cancel
+    with pytest.raises(ValueError, match="one row per pair"):
+        metrics.frechet_distance_difference_bootstrap(a, b[:-1], reference)
+
+
 @pytest.mark.parametrize("how", ["environment", "keras.json"])
 def test_a_non_tensorflow_keras_backend_stops_at_import_with_the_fix(tmp_path, how):
     import json

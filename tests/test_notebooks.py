@@ -548,18 +548,18 @@ def test_diffusion_quality_gates_at_defaults(tmp_path):
         assert all(g > metrics["gaussian_elbo_gap_limit"] for g in gaps)
         assert all(a > b for a, b in zip(gaps, gaps[1:]))
     assert metrics["gaussian_elbo_above_log_p_theta"] < 0  # per example, against the model's exact log p
-    # the learned score points the exact way where the noised data have mass (measured >= 0.995)
+    # the learned score points the exact way where the noised data have mass (measured >= 0.994)
     assert min(min(v) for v in metrics["score_median_cosine"].values()) >= 0.95
-    # ring8: every mode on every seed, and >= 80 % of samples within 3 sigma (measured 96.8-97.4 %)
+    # ring8: every mode on every seed, and >= 80 % of samples within 3 sigma (measured 95.4-96.3 %)
     ring = metrics["ring"]
     assert min(ring["modes"]) == 8
     assert min(ring["high_quality"]) >= 0.8
-    # DDIM: more steps, sharper samples (5 steps measured 3 %, 100 steps 87 %)
+    # DDIM: more steps, sharper samples (5 steps measured 2 %, 100 steps 83 %)
     ddim = metrics["ddim"]["high_quality"]
     assert ddim[-1] > ddim[0] + 0.3
     # ... because of the network: with the exact predictor 100 deterministic steps are sharp (measured 99.9 %)
     assert metrics["ddim"]["exact_predictor_high_quality"][-1] >= 0.95
-    # eta = 1 over every step is the ancestral sampler, to float32 rounding over 200 steps (measured 3.5e-4;
+    # eta = 1 over every step is the ancestral sampler, to float32 rounding over 200 steps (measured 1e-4;
     # other draws would differ by the ring's scale, about 2)
     assert metrics["ddim"]["eta_1_all_steps_vs_ancestral"] < 1e-2
     assert metrics["chain_max_z"] < 4  # step-by-step chains against the one-jump moments
@@ -584,6 +584,17 @@ def test_diffusion_quality_gates_at_defaults(tmp_path):
     assert independent_gap > 3 * np.hypot(images["fid_se"], images["fid_independent_pixels_se"])
     assert images["fid"] < images["fid_independent_pixels"] / 2
     assert images["fid_binary_floor"] < images["fid_independent_pixels"] / 2
+    # DDIM on images (section 7): the same network's deterministic draws cover every class at every step
+    # count and have learned the pixels' dependencies (measured 2.54 +- 0.66 with 100 steps); the words of
+    # the reading follow the paired differences (measured against the ancestral draws -1.91 +- 0.98, against
+    # the VAE's -0.79 +- 1.13: both within 2 s.e. on one training; notebook 06 compares them over seeds)
+    ddim_images = images["ddim"]
+    assert min(ddim_images["classes_present"]) == 10
+    assert ddim_images["fid"][-1] < images["fid_independent_pixels"] / 2
+    for versus, key in (("versus_ancestral", "minus_ancestral"), ("versus_vae", "minus_vae")):
+        value, se = ddim_images[key], ddim_images[f"{key}_se"]
+        expected = "below" if value < -2 * se else "above" if value > 2 * se else "within 2 s.e. of"
+        assert ddim_images[versus] == expected, (versus, value, se)
     # the prose: L_simple's bound is loose, far above the VAE's on the same images (measured 229.5 +- 5.5
     # against 23.2 nats) and above a fair coin's 44.4, and most of it comes from the first tenth of the steps
     assert images["neg_elbo"] - 2 * images["neg_elbo_se"] > images["coin_neg_elbo"] > images["vae_neg_elbo"]
@@ -640,7 +651,7 @@ def check_leaderboard(metrics):
     assert metrics["coin_nll"] == pytest.approx(np.log(2) * metrics["pixels"])
     assert {"autoencoder + mixture", "VAE, Bernoulli: mixture, means", "VAE, Bernoulli: prior, means",
             "VAE, Bernoulli: prior, draws", "MADE: draws", "GAN", "WGAN-GP",
-            "DDPM: probabilities"} <= set(metrics["samples"])
+            "DDPM: probabilities", "DDPM: draws", "DDPM: DDIM draws"} <= set(metrics["samples"])
     iwae = f"IWAE, k = {metrics['iwae_samples']}"
     assert set(metrics["test_mse"]) == {"autoencoder", "VAE, Gaussian", "VAE, Bernoulli", iwae}
     for row in metrics["samples"].values():
@@ -677,6 +688,9 @@ def test_comparison_leaderboard_at_defaults(tmp_path):
     # the DDPM's own sampler is its draws: its decoder probabilities are nearly binary (measured 97.3 % of
     # them within 0.01 of 0 or 1)
     assert metrics["ddpm_probabilities_near_binary"] > 0.9
+    # the DDPM's DDIM draws (its leaderboard sampler) score below its ancestral draws, paired over seeds
+    # (measured 3.19 +- 0.30 against 5.65 +- 0.24; the VAE's draws 3.06 +- 0.45, within 2 s.e.)
+    assert claims["ddpm_ddim_vs_ancestral_fid"] == "below"
     # the DDPM's L_simple bound is loose: above a fair coin (measured 241.7 against 44.4 nats)
     assert likelihood["DDPM_neg_elbo"]["mean"] > metrics["coin_nll"]
 
