@@ -24,9 +24,11 @@ def _run_parser(commands) -> None:
     run = commands.add_parser(
         "run",
         help="execute notebooks with papermill and print one table of their recorded metrics",
-        description="Execute notebooks (all by default, in order, --jobs at once) with papermill "
-        "from their own folder, each in its own kernel; print one table of every recorded "
-        "metric. A parameter given with -p goes to every notebook that declares it.",
+        description="Execute notebooks (all by default, --jobs at once) with papermill from their "
+        "own folder, each in its own kernel; print one table of every recorded metric, in the "
+        "order asked for. With two or more jobs the longest start first, and a notebook that reads "
+        "another's results waits for it. A parameter given with -p goes to every notebook that "
+        "declares it.",
     )
     run.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
                      help="path, name (00_start_here) or number (00); default: all")

@@ -2,9 +2,9 @@
 
 Behind ``python -m support``:
 
-* ``run [NOTEBOOK ...] [-p NAME VALUE ...] [--out DIR] [--jobs N]`` executes notebooks (all, in
-  order, by default; two at once on a machine with two or more CPUs) and prints one table of
-  every recorded metric;
+* ``run [NOTEBOOK ...] [-p NAME VALUE ...] [--out DIR] [--jobs N]`` executes notebooks (all by
+  default; two at once on a machine with two or more CPUs, longest first, each after those whose
+  results it reads) and prints one table of every recorded metric;
 * ``sweep NOTEBOOK -p NAME V1,V2,... [...] [--out DIR]`` executes one notebook over the Cartesian
   grid of the given values, one folder per run, resumable, and collects the recorded metrics
   into ``results.csv`` and ``results.png`` (see :func:`sweep`);
@@ -193,6 +193,56 @@ def _check_jobs(jobs) -> int:
     return checks.positive_int(jobs, "jobs")
 
 
+# Each notebook's wall time at its defaults in the main job (benchmarks/series.py on 2 CPU
+# cores, two at once with one TensorFlow thread each, 2026-12-07). Used only to order runs
+# (:func:`run_order`): a stale or missing figure changes which notebook starts first, never a
+# result. A notebook not listed counts 0 and starts after those that are.
+EXPECTED_SECONDS = {"00_start_here": 9, "01_autoencoders": 88, "02_mse_objective": 111, "03_vae_elbo": 167,
+                    "04_gan_training": 235, "05_diffusion": 223, "06_comparison": 345}
+
+_READS = re.compile(r"""recorded\(\s*["']([0-9]{2}_\w+)["']""")
+
+
+def reads_results_of(path: Path) -> set[str]:
+    """The notebooks whose recorded results ``path``'s code reads with ``notebook.recorded``
+    (notebook 05 sets notebook 04's GAN rows and 03's VAE beside its own): in a run of both,
+    this one must start after they have finished, or it reads the committed numbers instead."""
+    import nbformat
+
+    cells = nbformat.read(path, as_version=4).cells
+    code = "\n".join(c.source for c in cells if c.cell_type == "code")
+    return set(_READS.findall(code)) - {path.stem}
+
+
+def run_order(names: Sequence[str], reads: Mapping[str, set[str]],
+              seconds: Mapping[str, float] | None = None) -> tuple[list[int], list[list[int]]]:
+    """For each run ``i`` of ``names``, the runs that must finish before it starts (those of
+    the notebooks it reads, :func:`reads_results_of`), and a priority: the longest chain of
+    expected seconds (``EXPECTED_SECONDS``) from it to the end of everything that waits on it.
+    Returns ``(ranked, waits)``: the runs' indices, highest priority first (ties in the order
+    asked for), and for each run the indices of the runs it waits for.
+
+    Starting the run with the longest chain first is the critical-path rule of list
+    scheduling: with two jobs, notebook 04 (which 05 waits for) and 03 start at once, and 06,
+    the longest, starts as soon as a job is free. Measured on 2 cores (2026-12-07), the series
+    took 601 s in this order; the same notebooks' times replayed in the plain order (00, 01, ...)
+    give about 700 s, 06 starting last and running alone for its last 222 s (and 05 starting
+    before 04, whose results it reads, had finished)."""
+    seconds = EXPECTED_SECONDS if seconds is None else seconds
+    waits = [[j for j, other in enumerate(names) if other in reads.get(name, set()) and other != name]
+             for name in names]
+    dependents = [[i for i, w in enumerate(waits) if j in w] for j in range(len(names))]
+    chain: dict[int, float] = {}
+
+    def longest(j: int) -> float:  # acyclic: a notebook reads only others, by name
+        if j not in chain:
+            chain[j] = seconds.get(names[j], 0.0) + max((longest(i) for i in dependents[j]), default=0.0)
+        return chain[j]
+
+    ranked = sorted(range(len(names)), key=lambda j: (-longest(j), j))
+    return ranked, waits
+
+
 def _run_plans(specs, given: dict[str, Any]) -> list[tuple[Path, dict[str, Any]]]:
     """Each notebook to run with its checked parameters; every check before the first run."""
     paths = [resolve(s) for s in specs] if specs else all_notebooks()
@@ -226,13 +276,14 @@ def run(
     Output is written under a temporary name and renamed when the notebook finishes: a
     notebook that fails is left as ``<name>.FAILED.ipynb``, never mistaken for a result.
     ``jobs`` notebooks run at once, each in its own kernel (``None``: :func:`default_jobs`);
-    with more than one, papermill's progress bars are off (they would interleave) and a line
-    is printed as each notebook starts and ends. The outcomes are in the order of ``specs``
-    either way, and each notebook's ``seconds`` is its own wall time, which grows when it
-    shares the machine.
+    with more than one, papermill's progress bars are off (they would interleave), a line is
+    printed as each notebook starts and ends, and the runs start in the order of
+    :func:`run_order`: a notebook that reads another's results (:func:`reads_results_of`)
+    waits for it, and among those free to start the one with the longest expected chain goes
+    first. One job runs them in the order of ``specs``. The outcomes are in the order of
+    ``specs`` either way, and each notebook's ``seconds`` is its own wall time, which grows when
+    it shares the machine.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     jobs = default_jobs() if jobs is None else _check_jobs(jobs)
     given = dict(given or {})
     plans = _run_plans(specs, given)
@@ -270,9 +321,43 @@ def run(
 
     if jobs == 1:
         return [one(i, path, parameters) for i, (path, parameters) in enumerate(plans, 1)]
+    return _run_scheduled(plans, jobs, one)
+
+
+def _run_scheduled(plans, jobs: int, one: Callable[..., Outcome]) -> list[Outcome]:
+    """``one(i, path, parameters)`` for every plan, ``jobs`` at a time, in :func:`run_order`:
+    each free job takes the highest-ranked run whose notebooks to read have finished."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = [path.stem for path, _ in plans]
+    ranked, waits = run_order(names, {path.stem: reads_results_of(path) for path, _ in plans})
+    outcomes: list[Outcome | None] = [None] * len(plans)
+    pending, finished = list(ranked), set()
+    ready = threading.Condition()
+
+    def worker() -> None:
+        while True:
+            with ready:
+                while True:
+                    if not pending:
+                        return
+                    free = [j for j in pending if set(waits[j]) <= finished]
+                    if free:
+                        j = free[0]
+                        pending.remove(j)
+                        break
+                    ready.wait()
+            try:
+                outcomes[j] = one(j + 1, *plans[j])
+            finally:
+                with ready:
+                    finished.add(j)
+                    ready.notify_all()
+
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(one, i, path, parameters) for i, (path, parameters) in enumerate(plans, 1)]
-        return [future.result() for future in futures]
+        for future in [pool.submit(worker) for _ in range(jobs)]:
+            future.result()
+    return outcomes
 
 
 def _describe(exc: Exception) -> str:

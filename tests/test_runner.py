@@ -490,3 +490,49 @@ def test_the_committed_readme_panel_is_up_to_date(tmp_path):
         f"docs/series.png is stale ({changed:.2%} of pixels differ): run `python -m support panel`")
     assert committed.stat().st_size < 600_000
     assert "](docs/series.png)" in (ROOT / "README.md").read_text().split("\n## ", 1)[0]
+
+
+def test_run_order_starts_the_longest_chain_first():
+    """Notebook 05 reads 03's and 04's results: it waits for both, and 04 (268 s, then 05's 262 s)
+    outranks 06 (381 s alone), which outranks the rest."""
+    names = [p.stem for p in runner.all_notebooks()]
+    reads = {name: runner.reads_results_of(runner.resolve(name)) for name in names}
+    assert reads["05_diffusion"] == {"03_vae_elbo", "04_gan_training"}
+    assert not any(reads[name] for name in names if name != "05_diffusion")
+    ranked, waits = runner.run_order(names, reads)
+    assert [names[j] for j in ranked] == ["04_gan_training", "03_vae_elbo", "06_comparison", "05_diffusion",
+                                          "02_mse_objective", "01_autoencoders", "00_start_here"]
+    assert waits[names.index("05_diffusion")] == [names.index("03_vae_elbo"), names.index("04_gan_training")]
+    # a notebook without an expected time counts 0; ties keep the order asked for; one that
+    # reads a notebook outside the run waits for nothing
+    ranked, waits = runner.run_order(["x", "y", "x"], {"y": {"z"}}, seconds={})
+    assert ranked == [0, 1, 2] and waits == [[], [], []]
+
+
+def test_run_with_two_jobs_starts_a_notebook_after_those_it_reads(tmp_path, monkeypatch):
+    """With the execution replaced by a short wait, 05 starts only after 03 and 04 have ended,
+    while 03 and 04 run at once; the outcomes keep the order asked for."""
+    import io
+    import threading
+    import time
+
+    log, lock = {}, threading.Lock()
+
+    def fake_execute(path, output, parameters, progress=True, env=None):
+        with lock:
+            log[path.stem] = [time.perf_counter(), None]
+        time.sleep(0.3)
+        nbformat.write(nbformat.v4.new_notebook(), output)
+        results = runner.Path(parameters["results_dir"]) / f"{path.stem}.json"
+        results.write_text(json.dumps({"metrics": {"ran": 1}}))
+        with lock:
+            log[path.stem][1] = time.perf_counter()
+
+    monkeypatch.setattr(runner, "execute", fake_execute)
+    outcomes = runner.run(["05", "03", "04"], {}, out=tmp_path, stream=io.StringIO(), jobs=2)
+    assert [o.notebook for o in outcomes] == ["05_diffusion", "03_vae_elbo", "04_gan_training"]
+    assert all(o.ok and o.metrics == {"ran": 1} for o in outcomes)
+    (start3, end3), (start4, end4) = log["03_vae_elbo"], log["04_gan_training"]
+    start5 = log["05_diffusion"][0]
+    assert start5 >= max(end3, end4)
+    assert max(start3, start4) < min(end3, end4)  # 03 and 04 side by side
