@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
+from scipy import stats
 from scipy.spatial.distance import cdist
 from scipy.special import digamma
 from sklearn.linear_model import LogisticRegression
@@ -187,6 +188,64 @@ def standard_error(values) -> float:
     if len(values) < 2:
         raise ValueError("a standard error needs at least two values.")
     return float(np.std(values, ddof=1) / np.sqrt(len(values)))
+
+
+class Difference(NamedTuple):
+    """A mean difference over a few paired runs, with its Student's t interval.
+
+    ``half_width = t_{(1 + level) / 2, n - 1} * se``; ``finding`` is whether the interval
+    excludes 0 (``|mean| > half_width``), the two-sided t test at ``1 - level``."""
+
+    mean: float
+    se: float
+    n: int
+    t: float
+    half_width: float
+    finding: bool
+
+
+def paired_difference(a, b, level: float = 0.95) -> Difference:
+    """``b - a`` over runs paired by seed (row ``i`` of each is the same seed), with the Student's
+    t interval of its mean.
+
+    Over a handful of seeds the mean of the differences divided by its standard error follows
+    a t distribution with ``n - 1`` degrees of freedom, not a normal one: with 5 seeds the 95 %
+    interval is ``±2.78 se``, with 3 seeds ``±4.30 se``. The "2 s.e." rule of large samples
+    would call differences findings at about 88 % (5 seeds) or 82 % (3 seeds) confidence.
+    """
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    if a.shape != b.shape or len(a) < 2:
+        raise ValueError(f"a ({a.size} values) and b ({b.size}) must be paired runs, at least two of each.")
+    if not 0 < level < 1:
+        raise ValueError(f"level={level} must be in (0, 1).")
+    diff = b - a
+    se = standard_error(diff)
+    t = float(stats.t.ppf((1 + level) / 2, len(diff) - 1))
+    mean = float(diff.mean())
+    return Difference(mean, se, len(diff), t, t * se, bool(abs(mean) > t * se))
+
+
+def unpaired_difference(a, b, level: float = 0.95) -> Difference:
+    """``mean(b) - mean(a)`` for two independent sets of runs (two models trained on their own
+    seeds), with Welch's t interval: ``se = sqrt(se_a^2 + se_b^2)`` and the Welch-Satterthwaite
+    degrees of freedom, which lie between ``min(n_a, n_b) - 1`` and ``n_a + n_b - 2``; ``n`` is
+    reported as the smaller set's size. With 5 runs each the 95 % interval is about ``±2.3`` to
+    ``±2.8 se``, not ``±2``."""
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"a ({a.size} values) and b ({b.size}) need at least two runs each.")
+    if not 0 < level < 1:
+        raise ValueError(f"level={level} must be in (0, 1).")
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = float(np.sqrt(va + vb))
+    mean = float(b.mean() - a.mean())
+    if se == 0.0:
+        return Difference(mean, 0.0, min(len(a), len(b)), float("nan"), 0.0, mean != 0.0)
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    t = float(stats.t.ppf((1 + level) / 2, dof))
+    return Difference(mean, se, min(len(a), len(b)), t, t * se, bool(abs(mean) > t * se))
 
 
 def binomial_se(p: float, n: int) -> float:
@@ -724,13 +783,23 @@ def _inside(points, support, k, chunk_bytes: int = 2**26):
                            for i in range(0, len(points), rows)])
 
 
+def precision_recall_points(real_features, fake_features, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """The points behind :func:`precision_recall`: whether each fake point lies in the real
+    manifold (``[n_fake]``, its mean is the precision) and whether each real point lies in the
+    fake manifold (``[n_real]``, its mean is the recall). Two models scored against the same
+    real points have recalls paired point by point: the standard error of their difference is
+    :func:`standard_error` of the difference of these indicators."""
+    real, fake = _feature_pair(real_features, fake_features, "real_features", "fake_features")
+    checks.integer(k, "k", minimum=1, maximum=min(len(real), len(fake)) - 1)
+    return _inside(fake, real, k), _inside(real, fake, k)
+
+
 def precision_recall(real_features, fake_features, k: int = 3) -> PrecisionRecall:
     """Kynkäänniemi et al. (2019)'s precision and recall of ``fake_features`` against
     ``real_features`` (``[n, d]`` each), with ``k``-nearest-neighbour balls (``k = 3`` in the
     paper). Two samples of one distribution score close to 1 on both."""
-    real, fake = _feature_pair(real_features, fake_features, "real_features", "fake_features")
-    checks.integer(k, "k", minimum=1, maximum=min(len(real), len(fake)) - 1)
-    return PrecisionRecall(float(_inside(fake, real, k).mean()), float(_inside(real, fake, k).mean()))
+    fake_in_real, real_in_fake = precision_recall_points(real_features, fake_features, k)
+    return PrecisionRecall(float(fake_in_real.mean()), float(real_in_fake.mean()))
 
 
 # --------------------------------------------------------------------------- scores

@@ -273,6 +273,53 @@ def test_standard_errors():
         metrics.standard_error([1.0])
 
 
+def test_paired_difference_is_the_one_sample_t_test_of_the_differences():
+    from scipy import stats
+
+    a = np.array([0.786, 0.880, 0.929, 0.340, 0.443])  # notebook 04's plain and cosine runs
+    b = np.array([0.954, 0.948, 0.947, 0.930, 0.954])
+    d = metrics.paired_difference(a, b)
+    assert d.mean == pytest.approx(np.mean(b - a)) and d.n == 5
+    assert d.se == pytest.approx(metrics.standard_error(b - a))
+    assert d.t == pytest.approx(2.7764, abs=1e-4)  # t_{0.975, 4}
+    assert d.half_width == pytest.approx(d.t * d.se)
+    # the interval excludes 0 exactly when the two-sided t test rejects at 5 %
+    assert d.finding == (stats.ttest_rel(b, a).pvalue < 0.05)
+    assert d.mean > 2 * d.se and not d.finding  # beyond 2 s.e., yet not a finding with 4 degrees of freedom
+    assert metrics.paired_difference([0, 0, 0], [1, 1.1, 0.9]).finding
+    assert metrics.paired_difference([0, 0, 0], [1, 1.1, 0.9]).t == pytest.approx(4.3027, abs=1e-4)
+    with pytest.raises(ValueError, match="paired runs"):
+        metrics.paired_difference([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match="paired runs"):
+        metrics.paired_difference([1], [2])
+    with pytest.raises(ValueError, match="level"):
+        metrics.paired_difference([1, 2], [2, 3], level=1.5)
+
+
+def test_unpaired_difference_is_welchs_t_test():
+    from scipy import stats
+
+    a = np.array([95.4, 94.8, 94.7, 93.0, 95.4])  # notebook 04's cosine GAN and 05's DDPM on the ring
+    b = np.array([95.9, 95.5, 96.0, 95.2, 95.9])
+    d = metrics.unpaired_difference(a, b)
+    assert d.mean == pytest.approx(b.mean() - a.mean())
+    assert d.se == pytest.approx(np.hypot(metrics.standard_error(a), metrics.standard_error(b)))
+    assert d.finding == (stats.ttest_ind(b, a, equal_var=False).pvalue < 0.05)
+    assert stats.t.ppf(0.975, 8) <= d.t <= stats.t.ppf(0.975, 4)  # between n_a + n_b - 2 and min(n) - 1 d.f.
+    constant = metrics.unpaired_difference([1, 1], [2, 2])  # no spread: any difference is a finding
+    assert (constant.mean, constant.se, constant.finding) == (1.0, 0.0, True)
+    with pytest.raises(ValueError, match="at least two runs"):
+        metrics.unpaired_difference([1], [1, 2])
+
+
+def test_precision_recall_points_average_to_precision_and_recall():
+    rng = np.random.default_rng(0)
+    real, fake = rng.normal(size=(200, 3)), rng.normal(0.5, 1.0, size=(150, 3))
+    fake_in_real, real_in_fake = metrics.precision_recall_points(real, fake, k=4)
+    assert fake_in_real.shape == (150,) and real_in_fake.shape == (200,)
+    assert (fake_in_real.mean(), real_in_fake.mean()) == tuple(metrics.precision_recall(real, fake, k=4))
+
+
 def test_rotating_the_last_direction_costs_the_eigenvalue_gap_times_sin_squared():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(500, 6)) * np.array([3.0, 2.0, 1.5, 1.4, 0.5, 0.2])
