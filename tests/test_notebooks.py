@@ -452,6 +452,12 @@ def test_gan_quality_gates_at_defaults(tmp_path):
     assert good_seeds(stable) >= len(stable["modes"]) - 1
     assert np.std(stable["high_quality"], ddof=1) < np.std(plain["high_quality"], ddof=1) / 3
     assert min(plain["high_quality"]) < 0.90
+    # "what the cosine clearly changed is the spread" (the summary): beyond the two-sided 5 % F test
+    # of equal variances (measured ratio 759 against 9.6); and "the plain runs keep moving late in
+    # training, the cosine runs barely move" (measured 30-79 points against 1-3 within a run)
+    assert metrics["toy_spread_variance_ratio"] > 9.6
+    swing = metrics["toy_late_swing"]
+    assert np.median(swing["plain"]) > 5 * max(swing["cosine"]), swing
     # mode collapse, shown: the fast-D set-up (D rate 33 times G's, G's rate 10 times below the
     # others', batch 256) drops two or more of the 8 modes at >= 90 % high quality on a majority of
     # seeds (probes: 9 of seeds 0-9, on 1-3 modes at 93-99 %), which the prose calls few modes, each
@@ -689,9 +695,11 @@ def test_comparison_leaderboard_at_defaults(tmp_path):
     likelihood = metrics["likelihood"]
     # MADE's exact NLL has learnt how pixels go together: far below independent pixels (measured 22.6 vs 27.3)
     assert likelihood["MADE_exact"]["mean"] < metrics["independent_pixels_nll"] - 3
-    # IWAE-trained IS-NLL below the VAE's beyond 2 s.e., paired over seeds (measured -0.23 +- 0.03 nats)
-    difference = np.subtract(likelihood["IWAE_is_nll"]["per_seed"], likelihood["VAE_is_nll"]["per_seed"])
-    assert difference.mean() < -2 * difference.std(ddof=1) / np.sqrt(len(difference))
+    # IWAE-trained IS-NLL below the VAE's beyond the 95 % Student's t interval, paired over seeds (the
+    # issue asks for 2 s.e.; with 3 seeds the t-interval is 4.30 s.e.; measured -0.22 +- 0.02 nats)
+    difference = support_metrics.paired_difference(likelihood["VAE_is_nll"]["per_seed"],
+                                                   likelihood["IWAE_is_nll"]["per_seed"])
+    assert difference.finding and difference.mean < 0, difference
     claims = metrics["claims"]
     assert claims["iwae_vs_vae_is_nll"] == "below"
     # the fairness claim of section 4: the KL term costs reconstruction (autoencoder against the Gaussian VAE,
@@ -707,7 +715,7 @@ def test_comparison_leaderboard_at_defaults(tmp_path):
     # them within 0.01 of 0 or 1)
     assert metrics["ddpm_probabilities_near_binary"] > 0.9
     # the DDPM's DDIM draws (its leaderboard sampler) score below its ancestral draws, paired over seeds
-    # (measured 3.19 +- 0.30 against 5.65 +- 0.24; the VAE's draws 3.06 +- 0.45, within 2 s.e.)
+    # (measured 3.19 +- 0.30 against 5.65 +- 0.24; the VAE's draws 3.06 +- 0.45, not told apart)
     assert claims["ddpm_ddim_vs_ancestral_fid"] == "below"
     # the DDPM's L_simple bound is loose: above a fair coin (measured 241.7 against 44.4 nats)
     assert likelihood["DDPM_neg_elbo"]["mean"] > metrics["coin_nll"]
