@@ -248,6 +248,20 @@ def unpaired_difference(a, b, level: float = 0.95) -> Difference:
     return Difference(mean, se, min(len(a), len(b)), t, t * se, bool(abs(mean) > t * se))
 
 
+def largest_z(comparisons: int, level: float = 0.05) -> float:
+    """The ``|z|`` that the largest of ``comparisons`` standard normal scores passes with
+    probability at most ``level`` when every null holds (Bonferroni: each two-sided at
+    ``level / comparisons``): 1.96 for one comparison, 2.58 for five, 2.73 for eight.
+
+    For numerical checks of an identity by Monte Carlo, several z-scores at once: their largest
+    is the one read, and 2 is too strict a bar for it (the largest of eight exceeds 2 about
+    a third of the time). Valid for correlated scores too, then conservative."""
+    comparisons = checks.integer(comparisons, "comparisons", minimum=1)
+    if not 0 < level < 1:
+        raise ValueError(f"level={level} must be in (0, 1).")
+    return float(stats.norm.ppf(1 - level / (2 * comparisons)))
+
+
 def binomial_se(p: float, n: int) -> float:
     """Standard error ``sqrt(p (1 - p) / n)`` of an accuracy ``p`` measured on ``n`` examples."""
     return float(np.sqrt(p * (1 - p) / n))

@@ -273,6 +273,20 @@ def test_standard_errors():
         metrics.standard_error([1.0])
 
 
+def test_largest_z_is_bonferronis_bar_for_the_largest_of_several_scores():
+    assert metrics.largest_z(1) == pytest.approx(1.95996, abs=1e-4)
+    assert metrics.largest_z(5) == pytest.approx(2.5758, abs=1e-4)
+    assert metrics.largest_z(8) == pytest.approx(2.7344, abs=1e-4)
+    # it holds its level: the largest of eight independent null scores passes it at most 5 % of the time
+    z = np.random.default_rng(0).standard_normal((100_000, 8))
+    passed = np.mean(np.abs(z).max(1) > metrics.largest_z(8))
+    assert 0.04 < passed <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 100_000)
+    with pytest.raises(ValueError, match="comparisons"):
+        metrics.largest_z(0)
+    with pytest.raises(ValueError, match="level"):
+        metrics.largest_z(3, level=1.5)
+
+
 def test_paired_difference_is_the_one_sample_t_test_of_the_differences():
     from scipy import stats
 
