@@ -106,6 +106,36 @@ GATE_TESTS = {
 # Runs a notebook at its defaults with its solutions appended (tests/test_exercises.py).
 CLAIMS_TEST = "test_every_solution_shows_what_it_claims_at_the_defaults"
 
+# The longest work units, in seconds of one worker as CI measured them (2 cores, two workers): a
+# notebook's group (its run at the defaults and its gate test) by the notebook's name, a single test by
+# its name. pytest-xdist hands out the units in the order collected (``--no-loadscope-reorder``), so
+# they are put first, longest first, and the many short tests fill the end: a worker that finishes
+# early does not wait idle while the other runs one long test to the end.
+EXPECTED_SECONDS = {
+    "06_comparison": 850,
+    "04_gan_training": 730,
+    "test_gan_on_mnist": 500,
+    "05_diffusion": 420,
+    "03_vae_elbo": 400,
+    "test_diffusion_on_mnist_short_budget": 320,
+    "test_comparison_on_mnist_short_budget": 280,
+    "test_vae_on_mnist_short_budget": 250,
+    "test_gan_rerun_as_a_wgan_gp_with_checkpoint_dir_resumes_and_records_the_critics_estimate": 230,
+    "02_mse_objective": 200,
+    "test_autoencoders_on_mnist": 190,
+    "test_diffusion_rerun_resumes_from_checkpoints": 185,
+    "test_notebook_runs_all_cells_in_jupyterlab_in_a_real_browser": 185,
+    "01_autoencoders": 170,
+    "test_same_seed_with_op_determinism_records_identical_metrics": 165,
+    "test_mnist_classifier_on_10k_images": 160,
+    "test_vae_rerun_with_checkpoint_dir_resumes_and_logs_to_tensorboard": 110,
+    "test_every_solution_runs_at_the_end_of_the_notebook": 90,
+    "test_gan_rerun_with_the_hinge_loss_and_spectral_norm": 90,
+    "test_mse_objective_other_parameters": 90,
+    "test_keras_round_trip_restores_identical_outputs": 85,
+    "test_the_strategy_parameter_builds_and_trains_every_keras_model_under_it": 65,
+}
+
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(session, config, items):
@@ -121,7 +151,7 @@ def pytest_collection_modifyitems(session, config, items):
 
     With pytest-xdist (``-n 2 --dist loadgroup``, the project's default), a notebook's nbval
     cells (or its solutions test) and its gate test form one ``xdist_group``: one worker runs
-    them, in this order."""
+    them, in this order. The longest units go first (:data:`EXPECTED_SECONDS`)."""
     notebooks = [item for item in items if Path(str(item.fspath)).parent == NOTEBOOKS]
     others = [item for item in items if Path(str(item.fspath)).parent != NOTEBOOKS]
     # A notebook whose solutions are checked at its defaults (tests/test_exercises.py) is executed
@@ -144,8 +174,24 @@ def pytest_collection_modifyitems(session, config, items):
             item.add_marker(pytest.mark.xdist_group(GATE_TESTS[item.originalname]))
         elif getattr(item, "originalname", None) == CLAIMS_TEST:
             item.add_marker(pytest.mark.xdist_group(item.callspec.params["name"]))
-    items[:] = notebooks + others
+    items[:] = _longest_first(notebooks + others)
     _suffix_groups(config, items)
+
+
+def _longest_first(items):
+    """``items`` with the work units of :data:`EXPECTED_SECONDS` first, longest first; a unit is a
+    notebook's ``xdist_group`` or a single test. The order within a unit, and among the rest, is kept."""
+    units: dict[str, list] = {}
+    for item in items:
+        groups = [str(mark.args[0]) for mark in item.iter_markers("xdist_group") if mark.args]
+        units.setdefault(groups[0] if groups else item.nodeid, []).append(item)
+
+    def seconds(key):
+        first = units[key][0]
+        name = getattr(first, "originalname", None) or first.name.split("[")[0]
+        return EXPECTED_SECONDS.get(key, EXPECTED_SECONDS.get(name, 0))
+
+    return [item for key in sorted(units, key=lambda key: -seconds(key)) for item in units[key]]
 
 
 def _suffix_groups(config, items):
