@@ -385,6 +385,10 @@ def test_vae_on_mnist_short_budget(tmp_path, data_dir):
 def test_mse_objective_quality_gates_at_defaults(tmp_path):
     metrics = default_run_metrics("02_mse_objective", tmp_path, execute)
     assert metrics["gaussian_nll_identity_max_relative_error"] < 1e-5
+    # on grey levels exp(-BCE) is no density (its integral is at most 1/2, at x_hat = 1/2), and the BCE is
+    # smallest at x_hat = x (to the grid's step)
+    assert metrics["bce_integral_largest"] < 0.5 + 1e-6
+    assert metrics["bce_argmin_max_error"] < 1e-5
     assert metrics["sigma_gradient_cosine"] > 0.99999
     assert metrics["loop_fit_max_weight_difference"] <= 1e-5  # the seven-step loop == fit
     message = metrics["nan_guard_message"]
@@ -405,6 +409,8 @@ def test_mse_objective_quality_gates_at_defaults(tmp_path):
     for kind in ("gaussian", "masking"):
         scores = metrics["denoising"][kind]
         assert scores["denoiser_on_corrupted"] < 0.7 * scores["plain_on_corrupted"]
+        difference, se = scores["difference"]  # paired over the test images
+        assert difference < -2 * se
     representation = metrics["representation"]
     ae, pca = representation["AE (MSE), k=8"], representation["PCA, k=8"]
     # measured: AE 94.2 %, PCA 89.7 %, pixels 96.7 % (chance 10 %; binomial s.e. about 1.5 %)
