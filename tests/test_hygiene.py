@@ -15,7 +15,7 @@ from support.models.autoencoders import ConvAutoencoder, DenseAutoencoder
 from support.models.autoregressive import MADE
 from support.models.vae import VAE
 
-from .conftest import GATE_TESTS, ROOT
+from .conftest import EXPECTED_SECONDS, GATE_TESTS, ROOT
 
 
 def test_ruff_is_clean_on_the_package_the_tests_and_the_notebooks():
@@ -161,3 +161,10 @@ def test_every_gate_test_is_grouped_with_the_notebook_it_reads():
                     if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "default_run_metrics":
                         found[node.name] = call.args[0].value
     assert found == GATE_TESTS
+
+
+def test_every_expected_duration_names_a_notebook_or_a_test():
+    # tests/conftest.py orders the work units by these; a misspelt name would silently order nothing
+    sources = "".join(path.read_text() for path in (ROOT / "tests").glob("test_*.py"))
+    for name in EXPECTED_SECONDS:
+        assert (ROOT / "notebooks" / f"{name}.ipynb").is_file() or f"def {name}(" in sources, name

@@ -645,6 +645,8 @@ def check_diffusion_on_images(images):
     assert images["neg_elbo"] == pytest.approx(terms, rel=1e-9)
     assert images["decoder"] >= 0 and images["prior"] >= 0 and images["neg_elbo_se"] > 0
     assert abs(images["steps_by_t_z"]) < 4
+    # the VAE retrained with the DDPM's steps, same images: its importance-sampled NLL is below its -ELBO
+    assert images["vae_here_nll"] <= images["vae_here_neg_elbo"]
 
 
 def test_diffusion_refuses_more_ddim_steps_than_timesteps_before_training(tmp_path):
