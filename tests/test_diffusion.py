@@ -273,6 +273,34 @@ def test_elbo_terms_by_monte_carlo_match_the_closed_form_with_the_exact_predicto
     assert np.all(terms.steps_se > 0) and np.all(exact.steps_se == 0)
 
 
+def test_step_terms_by_t_match_the_closed_form_step_by_step_with_the_exact_predictor():
+    """The stratified sum with the exact predictor: each step's mean within 4 of its standard errors
+    of the closed form (Bonferroni's bar for the steps, largest_z), the sum within 4 s.e., its s.e.
+    below elbo_terms' with as many draws per example, and the share of the first steps."""
+    schedule = D.noise_schedule("cosine", 50)
+    x0 = gaussian_data(200, seed=7)
+    eps_fn = D.gaussian_data_eps_fn(MU, S, schedule)
+    by_t = D.step_terms_by_t(eps_fn, x0, schedule, draws=2, seed=3)
+    exact = D.gaussian_data_elbo(x0, MU, S, schedule)
+    assert by_t.means.shape == (51,) and by_t.means[0] == by_t.means[1] == 0
+    # the closed form of each L_(t-1), t = 2..T, averaged over the examples (gaussian_data_elbo's terms)
+    a = D._eps_coefficients(MU, S, schedule)[0][1:, None, :]  # [T - 1, 1, d]
+    alpha_bars = schedule.alpha_bars[1:, None, None]
+    error = (1 - a * np.sqrt(1 - alpha_bars)) ** 2 + a**2 * alpha_bars * (x0 - MU) ** 2
+    weights = schedule.betas[1:] ** 2 / (2 * schedule.posterior_variance[1:] * schedule.alphas[1:]
+                                         * (1 - schedule.alpha_bars[1:]))
+    exact_by_t = weights * error.sum(-1).mean(-1)
+    np.testing.assert_allclose(exact_by_t.sum(), exact.steps.mean(), rtol=1e-10)
+    z = (by_t.means[2:] - exact_by_t) / np.sqrt(by_t.variances[2:])
+    assert np.max(np.abs(z)) < metrics.largest_z(49, 0.001), z
+    assert abs(by_t.total - exact.steps.mean()) < 4 * by_t.total_se
+    random_t = D.elbo_terms(eps_fn, x0, schedule, samples=98, seed=3)  # 98 draws of t per example
+    assert by_t.total_se < math.sqrt(np.sum(random_t.steps_se**2)) / len(x0)  # measured 0.129 against 0.187
+    assert by_t.share(50) == pytest.approx(1.0) and 0 < by_t.share(5) < 1
+    with pytest.raises(ValueError, match="draws"):
+        D.step_terms_by_t(eps_fn, x0, schedule, draws=0)
+
+
 # --------------------------------------------------------------------------- samplers
 
 
@@ -608,6 +636,10 @@ def test_a_binary_model_trains_on_binary_pixels_bounds_their_probability_and_sam
     for got, expected in zip(terms, again):
         np.testing.assert_allclose(got, expected, rtol=1e-6)
     assert np.all(terms.decoder >= 0) and np.all(np.isfinite(terms.elbo))  # a probability's -log
+    by_t = model.step_terms_by_t(x[:8], draws=2, seed=4)  # the same images mapped to {-1, +1}
+    again_by_t = D.step_terms_by_t(model.predict_noise, 2 * x[:8] - 1, model.schedule, draws=2, seed=4)
+    np.testing.assert_allclose(by_t.means, again_by_t.means, rtol=1e-6)
+    assert by_t.total > 0 and np.all(by_t.variances[2:] > 0)
     samples = model.sample(5, seed=2)
     assert samples.shape == (5, 4, 4, 1) and samples.min() >= 0 and samples.max() <= 1
     with pytest.raises(ValueError, match="this Diffusion model is binary: x0 must hold only 0 and 1"):

@@ -506,6 +506,78 @@ def elbo_terms(eps_fn, x0, schedule: NoiseSchedule, samples: int = 100, seed: in
                      decoder.std(0, ddof=1) / root)
 
 
+class StepTerms(NamedTuple):
+    """``sum_{t=2..T} L_{t-1}`` of a DDPM's negative ELBO, stratified over the steps (see
+    :func:`step_terms_by_t`); NumPy, in nats.
+
+    Attributes:
+        means: ``[T + 1]``: at index ``t`` (``2..T``) the mean ``L_{t-1}`` over the examples and
+            noise draws; 0 at indices 0 and 1.
+        variances: ``[T + 1]``: the variance of each mean (sample variance over its draws,
+            divided by their number).
+    """
+
+    means: np.ndarray
+    variances: np.ndarray
+
+    @property
+    def total(self) -> float:
+        """The estimate of the sum, averaged over the examples."""
+        return float(self.means.sum())
+
+    @property
+    def total_se(self) -> float:
+        """Its Monte Carlo standard error (the steps' draws are independent)."""
+        return float(math.sqrt(self.variances.sum()))
+
+    def share(self, last_step: int) -> float:
+        """The fraction of :attr:`total` that the steps ``t = 2..last_step`` carry."""
+        return float(self.means[: last_step + 1].sum() / self.total)
+
+
+def step_terms_by_t(eps_fn, x0, schedule: NoiseSchedule, draws: int = 2, seed: int = 0) -> StepTerms:
+    """``sum_{t=2..T} L_{t-1}`` of the negative ELBO, stratified: every step ``t = 2..T`` scored
+    on every example with ``draws`` noise draws ``x_t ~ q(x_t | x_0)`` each
+    (:func:`~support.objectives.ddpm_step_term` with ``sigma_t^2 = beta~_t``). Unlike
+    :func:`elbo_terms`' uniform draw of ``t``, no step is left out, so the first steps, where
+    ``L_{t-1}`` is largest, cannot make the estimate heavy-tailed: its standard error comes from
+    the noise draws alone. It costs ``(T - 1) * draws`` network calls on ``x0``.
+
+    Args:
+        eps_fn: ``eps_fn(x_t, t) -> eps`` (see the module docstring).
+        x0: ``[n, ...]`` data, in the model's space (binary images as ``{-1, +1}``).
+        schedule: a :class:`NoiseSchedule`.
+        draws: noise draws per example and step, ``>= 1``; the standard error needs
+            ``draws * n >= 2``.
+        seed: an integer; draw ``d`` at step ``t`` is the stateless stream
+            ``(seed, draws * t + d)``, one stream per step and draw.
+
+    Returns:
+        A :class:`StepTerms`.
+    """
+    _check_schedule(schedule)
+    draws = checks.integer(draws, "draws", minimum=1)
+    seed = checks.integer(seed, "seed")
+    x0 = np.asarray(x0)
+    x0 = tf.constant(x0 if x0.dtype == np.float64 else x0.astype(np.float32))
+    if x0.shape.rank < 2 or x0.shape[0] * draws < 2:
+        raise ValueError(f"x0 has shape {tuple(x0.shape)}; expected [n, ...] with at least two "
+                         "axes and n * draws >= 2.")
+    timesteps = schedule.timesteps
+    means, variances = np.zeros(timesteps + 1), np.zeros(timesteps + 1)
+    for t in range(2, timesteps + 1):
+        values = []
+        for draw in range(draws):
+            eps = tf.random.stateless_normal(tf.shape(x0), [seed, draws * t + draw], dtype=x0.dtype)
+            eps_pred = tf.cast(eps_fn(q_sample(x0, t, eps, schedule), t), x0.dtype)
+            values.append(objectives.ddpm_step_term(
+                eps, eps_pred, schedule.betas[t - 1], schedule.alpha_bars[t - 1],
+                schedule.posterior_variance[t - 1]).numpy().astype(np.float64))
+        values = np.concatenate(values)
+        means[t], variances[t] = values.mean(), values.var(ddof=1) / len(values)
+    return StepTerms(means, variances)
+
+
 # --------------------------------------------------------------------------- the model
 
 
@@ -720,17 +792,27 @@ class Diffusion(keras.Model):
         Carlo estimate of ``sum_{t >= 2} L_{t-1}`` and of ``L_0`` with standard errors. A
         ``binary`` model takes binary images, pixels in ``{0, 1}``, and bounds their
         log-probability (the two-bin decoder)."""
+        return elbo_terms(self.predict_noise, self._model_space(x0), self.schedule, samples, seed,
+                          decoder_variance, decoder="binary" if self.binary else "gaussian")
+
+    def _model_space(self, x0) -> np.ndarray:
+        """``x0: [n, *input_shape]`` checked, float32, binary images mapped to ``{-1, +1}``."""
         x0 = np.asarray(x0, dtype=np.float32)
         if x0.shape[1:] != self.example_shape:
             expected = ", ".join(map(str, self.example_shape))
             raise ValueError(f"x0 has shape {x0.shape}; expected [n, {expected}].")
         if not self.binary:
-            return elbo_terms(self.predict_noise, x0, self.schedule, samples, seed, decoder_variance)
+            return x0
         if not np.all((x0 == 0) | (x0 == 1)):
             raise ValueError("this Diffusion model is binary: x0 must hold only 0 and 1 (binarize "
                              "grey levels first, e.g. with support.data.binarize).")
-        return elbo_terms(self.predict_noise, 2.0 * x0 - 1.0, self.schedule, samples, seed,
-                          decoder_variance, decoder="binary")
+        return 2.0 * x0 - 1.0
+
+    def step_terms_by_t(self, x0, draws: int = 2, seed: int = 0) -> StepTerms:
+        """:func:`step_terms_by_t` of this model on ``x0: [n, *input_shape]``: ``sum_{t>=2} L_{t-1}``
+        stratified over every step, with its standard error; a ``binary`` model takes binary
+        images, pixels in ``{0, 1}``."""
+        return step_terms_by_t(self.predict_noise, self._model_space(x0), self.schedule, draws, seed)
 
 
 # --------------------------------------------------------------------------- Gaussian data
