@@ -458,14 +458,13 @@ def test_gan_quality_gates_at_defaults(tmp_path):
     assert good_seeds(stable) >= len(stable["modes"]) - 1
     assert np.std(stable["high_quality"], ddof=1) < np.std(plain["high_quality"], ddof=1) / 3
     assert min(plain["high_quality"]) < 0.90
-    # "what the cosine clearly changed is the spread" (the summary): beyond the two-sided 5 % F test
-    # of equal variances (measured ratio 759 against 9.6); and "the plain runs keep moving late in
-    # training, the cosine runs barely move" (measured 30-79 points against 1-3 within a run)
-    # (recorded as None where it is infinite: a cosine spread of exactly 0)
-    ratio = metrics["toy_spread_variance_ratio"]
-    assert (np.std(stable["high_quality"]) == 0) if ratio is None else ratio > 9.6
+    # "what the cosine changed is how much a run moves late in training" (the summary): the plain runs
+    # keep moving, the cosine runs settle, by Mann-Whitney's exact test, which assumes no normal law
+    # (measured 30-79 points against 1-3 within a run: every plain run above every cosine one, p = 0.008,
+    # the smallest p of 5 against 5; two swapped pairs would still give 0.032)
     swing = metrics["toy_late_swing"]
     assert np.median(swing["plain"]) > 5 * max(swing["cosine"]), swing
+    assert metrics["toy_late_swing_p"] < 0.05
     # mode collapse, shown: the fast-D set-up (D rate 33 times G's, G's rate 10 times below the
     # others', batch 256) drops two or more of the 8 modes at >= 90 % high quality on a majority of
     # seeds (probes: 9 of seeds 0-9, on 1-3 modes at 93-99 %), which the prose calls few modes, each
@@ -488,7 +487,8 @@ def test_gan_quality_gates_at_defaults(tmp_path):
     reference = objectives["non-saturating + cosine (section 3)"]
     assert good_seeds(hinge) >= len(hinge["modes"]) - 1
     assert all(m == 8 for m in wgan["modes"])
-    wgan_diff = support_metrics.paired_difference(reference["high_quality"], wgan["high_quality"])
+    # at the section's Bonferroni level: 2 measures x 3 objectives read together (measured -9.2 +- 0.6 points)
+    wgan_diff = support_metrics.paired_difference(reference["high_quality"], wgan["high_quality"], level=1 - 0.05 / 6)
     assert wgan_diff.finding and wgan_diff.mean < 0, wgan_diff
     assert all(gap <= w1 for gap, w1 in zip(metrics["wgan_gap_same_points"], wgan["w1"]))
     spectral = objectives["spectral norm + cosine"]
@@ -733,7 +733,7 @@ def test_comparison_leaderboard_at_defaults(tmp_path):
     # the DDPM's DDIM draws (its leaderboard sampler) score below its ancestral draws, paired over seeds
     # (measured 3.19 +- 0.30 against 5.65 +- 0.24; the VAE's draws 3.06 +- 0.45, not told apart)
     assert claims["ddpm_ddim_vs_ancestral_fid"] == "below"
-    # the DDPM's L_simple bound is loose: above a fair coin (measured 241.7 against 44.4 nats)
+    # the DDPM's L_simple bound is loose: above a fair coin (measured 243.8 against 44.4 nats, stratified over t)
     assert likelihood["DDPM_neg_elbo"]["mean"] > metrics["coin_nll"]
 
 
