@@ -488,7 +488,8 @@ def test_gan_quality_gates_at_defaults(tmp_path):
     assert good_seeds(hinge) >= len(hinge["modes"]) - 1
     assert all(m == 8 for m in wgan["modes"])
     # at the section's Bonferroni level: 2 measures x 3 objectives read together (measured -9.2 +- 0.6 points)
-    wgan_diff = support_metrics.paired_difference(reference["high_quality"], wgan["high_quality"], level=1 - 0.05 / 6)
+    wgan_diff = support_metrics.paired_difference(reference["high_quality"], wgan["high_quality"],
+                                                  level=1 - 0.05 / 6)
     assert wgan_diff.finding and wgan_diff.mean < 0, wgan_diff
     assert all(gap <= w1 for gap, w1 in zip(metrics["wgan_gap_same_points"], wgan["w1"]))
     spectral = objectives["spectral norm + cosine"]
@@ -733,7 +734,7 @@ def test_comparison_leaderboard_at_defaults(tmp_path):
     # the DDPM's DDIM draws (its leaderboard sampler) score below its ancestral draws, paired over seeds
     # (measured 3.19 +- 0.30 against 5.65 +- 0.24; the VAE's draws 3.06 +- 0.45, not told apart)
     assert claims["ddpm_ddim_vs_ancestral_fid"] == "below"
-    # the DDPM's L_simple bound is loose: above a fair coin (measured 243.8 against 44.4 nats, stratified over t)
+    # the DDPM's L_simple bound is loose: above a fair coin (measured 243.8 against 44.4 nats, every t)
     assert likelihood["DDPM_neg_elbo"]["mean"] > metrics["coin_nll"]
 
 
