@@ -274,8 +274,8 @@ def test_elbo_terms_by_monte_carlo_match_the_closed_form_with_the_exact_predicto
 
 
 def test_step_terms_by_t_match_the_closed_form_step_by_step_with_the_exact_predictor():
-    """The stratified sum with the exact predictor: each step's mean within 4 of its standard errors
-    of the closed form (Bonferroni's bar for the steps, largest_z), the sum within 4 s.e., its s.e.
+    """The stratified sum with the exact predictor: each step's mean within Bonferroni's bar for the 49
+    steps at 0.1 % (largest_z) of the closed form, the sum within 4 s.e., its s.e.
     below elbo_terms' with as many draws per example, and the share of the first steps."""
     schedule = D.noise_schedule("cosine", 50)
     x0 = gaussian_data(200, seed=7)

@@ -448,8 +448,9 @@ def test_gan_quality_gates_at_defaults(tmp_path):
     # ring8, VEEGAN protocol, 5 seeds: the cosine-decayed rate covers every mode at >= 90 % high
     # quality on all seeds but at most one (measured 8/8 at 93-95 % on all five; with XLA's float
     # path, one seed ended at 7/8 and 88 %, so "every seed" would hold on one float path only), and
-    # settles: the seeds' spread of high quality is a small fraction of the constant rate's, which
-    # the prose says (measured s.d. 1.0 against 26 points). The constant rate does not settle: its
+    # settles: the seeds' spread of high quality is a small fraction of the constant rate's (measured s.d.
+    # 1.0 against 26.7 points; the prose reports its exact permutation test, p = 0.17 at 5 runs a side,
+    # a finding it does not claim). The constant rate does not settle: its
     # final high quality is below 90 % on some seed (measured 34-93 %).
     def good_seeds(setup):
         return sum(m == 8 and q >= 0.90 for m, q in zip(setup["modes"], setup["high_quality"]))
@@ -458,13 +459,13 @@ def test_gan_quality_gates_at_defaults(tmp_path):
     assert good_seeds(stable) >= len(stable["modes"]) - 1
     assert np.std(stable["high_quality"], ddof=1) < np.std(plain["high_quality"], ddof=1) / 3
     assert min(plain["high_quality"]) < 0.90
-    # "what the cosine changed is how much a run moves late in training" (the summary): the plain runs
-    # keep moving, the cosine runs settle, by Mann-Whitney's exact test, which assumes no normal law
-    # (measured 30-79 points against 1-3 within a run: every plain run above every cosine one, p = 0.008,
-    # the smallest p of 5 against 5; two swapped pairs would still give 0.032)
+    # "what the tests detect is how much a run moves late in training" (the summary): the plain runs
+    # keep moving, the cosine runs settle, by Mann-Whitney's exact test at the bar of section 3's two tests
+    # of settling, 0.025 (measured 30-79 points against 1-3 within a run: every plain run above every
+    # cosine one, p = 0.008, the smallest p of 5 against 5; one swapped pair would still give 0.016)
     swing = metrics["toy_late_swing"]
     assert np.median(swing["plain"]) > 5 * max(swing["cosine"]), swing
-    assert metrics["toy_late_swing_p"] < 0.05
+    assert metrics["toy_late_swing_p"] < 0.025
     # mode collapse, shown: the fast-D set-up (D rate 33 times G's, G's rate 10 times below the
     # others', batch 256) drops two or more of the 8 modes at >= 90 % high quality on a majority of
     # seeds (probes: 9 of seeds 0-9, on 1-3 modes at 93-99 %), which the prose calls few modes, each

@@ -513,8 +513,8 @@ class StepTerms(NamedTuple):
     Attributes:
         means: ``[T + 1]``: at index ``t`` (``2..T``) the mean ``L_{t-1}`` over the examples and
             noise draws; 0 at indices 0 and 1.
-        variances: ``[T + 1]``: the variance of each mean (sample variance over its draws,
-            divided by their number).
+        variances: ``[T + 1]``: the variance of each mean (the sample variance of its
+            ``n * draws`` values, divided by their number: examples and noise pooled).
     """
 
     means: np.ndarray
@@ -527,7 +527,8 @@ class StepTerms(NamedTuple):
 
     @property
     def total_se(self) -> float:
-        """Its Monte Carlo standard error (the steps' draws are independent)."""
+        """Its standard error from :attr:`variances`, summed over the steps (see
+        :func:`step_terms_by_t` for what it holds)."""
         return float(math.sqrt(self.variances.sum()))
 
     def share(self, last_step: int) -> float:
@@ -540,8 +541,11 @@ def step_terms_by_t(eps_fn, x0, schedule: NoiseSchedule, draws: int = 2, seed: i
     on every example with ``draws`` noise draws ``x_t ~ q(x_t | x_0)`` each
     (:func:`~support.objectives.ddpm_step_term` with ``sigma_t^2 = beta~_t``). Unlike
     :func:`elbo_terms`' uniform draw of ``t``, no step is left out, so the first steps, where
-    ``L_{t-1}`` is largest, cannot make the estimate heavy-tailed: its standard error comes from
-    the noise draws alone. It costs ``(T - 1) * draws`` network calls on ``x0``.
+    ``L_{t-1}`` is largest, cannot make the estimate heavy-tailed. Its standard error pools, at
+    each step, the spread over the examples and over the noise draws: for the mean over these
+    fixed examples it overstates the Monte Carlo error (a conservative s.e.), and for the mean over
+    the data's distribution it leaves out the covariance between steps that scoring the same
+    examples at every step brings. It costs ``(T - 1) * draws`` network calls on ``x0``.
 
     Args:
         eps_fn: ``eps_fn(x_t, t) -> eps`` (see the module docstring).
